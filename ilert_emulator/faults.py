@@ -3,13 +3,13 @@
 A rule is a JSON object with these fields, all optional but at least one
 effect (``status``, ``latency_ms`` or ``drop_connection``) required:
 
-- ``status`` (200..599): answer with this status instead of handling the call,
+- ``status`` (200..599): respond with this status instead of handling the call,
   with an ilert-style JSON error body, or with ``body`` (a string, sent as
   ``text/plain``) when given.
 - ``retry_after`` (non-negative integer, seconds): add a Retry-After header;
   needs ``status``.
-- ``latency_ms`` (non-negative number): wait this long before answering.
-- ``drop_connection`` (true): close the connection without any answer;
+- ``latency_ms`` (non-negative number): wait this long before responding.
+- ``drop_connection`` (true): close the connection without any response;
   cannot be combined with ``status``.
 - ``count`` (positive integer): the rule fires this many times, then stays
   listed with ``remaining`` 0. Without it the rule never runs out.
@@ -20,7 +20,7 @@ effect (``status``, ``latency_ms`` or ``drop_connection``) required:
 
 For each call the rules are tried in the order they were added. Every rule
 that fires adds its latency. The first firing rule with a status or a dropped
-connection decides the answer, and later rules with a status or a dropped
+connection decides the response, and later rules with a status or a dropped
 connection are then not tried, so they keep their count and random sequence.
 """
 
@@ -72,7 +72,7 @@ class FaultRule:
     random_source: random.Random = field(default_factory=random.Random, repr=False)
 
     @property
-    def decides_answer(self) -> bool:
+    def decides_response(self) -> bool:
         return self.status is not None or self.drop_connection
 
     def matches(self, method: str, path: str) -> bool:
@@ -184,7 +184,7 @@ def _parse_selection(rule: FaultRule, request: dict[str, Any]) -> None:
 
 @dataclass
 class FaultEffect:
-    """What the fault rules decided for one call."""
+    """Combined effect of the fault rules that fired on one call."""
 
     status: int | None = None
     body: str | None = None
@@ -234,13 +234,13 @@ class FaultSet:
         effect = FaultEffect()
         with self._lock:
             for rule in self._rules:
-                if rule.decides_answer and (effect.status is not None or effect.drop_connection):
+                if rule.decides_response and (effect.status is not None or effect.drop_connection):
                     continue
                 if not rule.matches(method, path) or not rule.draw():
                     continue
                 effect.rule_ids.append(rule.rule_id)
                 effect.latency_ms += rule.latency_ms
-                if rule.decides_answer:
+                if rule.decides_response:
                     effect.status = rule.status
                     effect.body = rule.body
                     effect.retry_after = rule.retry_after

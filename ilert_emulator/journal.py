@@ -16,8 +16,8 @@ Each entry is a JSON object::
   accepted key (``authorization_ok``).
 - ``body`` is the parsed JSON body, or null when the body is empty or not JSON.
 - ``status`` is set before the response is sent, so a client that got its
-  answer finds it filled in. It is null while the request is in progress and
-  0 for a connection the emulator closed without an answer.
+  response finds it filled in. It is null while the request is in progress and
+  0 for a connection the emulator closed without a response.
 - ``fault`` describes the injected fault that applied, or null.
 
 NOTE: the journal is kept in memory without a size limit, so a long

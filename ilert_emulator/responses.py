@@ -10,7 +10,7 @@ from typing import Any
 
 @dataclass
 class Response:
-    """An HTTP answer: status, JSON-ready payload (or raw text) and extra headers."""
+    """An HTTP response: status, JSON-ready payload (or raw text) and extra headers."""
 
     status: int
     payload: Any = None
@@ -34,5 +34,5 @@ def error_code(status: int) -> str:
 
 
 def error_response(status: int, message: str, code: str | None = None) -> Response:
-    """Build an ilert-style JSON error answer."""
+    """Build an ilert-style JSON error response."""
     return Response(status, {"status": status, "code": code or error_code(status), "message": message})

@@ -10,9 +10,10 @@ It serves, with ilert's JSON shapes and a JSON error body
   when unknown; 400 without the parameter.
 - ``GET /api/escalation-policies/{id}``: the policy; 404 when unknown.
 - ``PUT /api/escalation-policies/{id}/levels/{N}`` with one escalation rule:
-  replaces rule N (0-based) and returns the stored rule; 404 for an unknown
-  policy; 400 when level N does not exist (levels are never created), when
-  the body is not a JSON object or when it references an unknown user id.
+  replaces rule N (0-based) and returns the stored rule. It returns 404 for
+  an unknown policy. It returns 400 when level N does not exist (levels are
+  never created), when the body is not a JSON object, or when the rule
+  references an unknown user id.
 
 Every ``/api/`` call needs ``Authorization: Bearer <api key>`` and gets 401
 otherwise. Injected faults (``ilert_emulator.faults``) apply before the key
@@ -122,7 +123,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding"):
-            raise _BodyError(error_response(411, "chunked bodies are not supported; send Content-Length"))
+            raise _BodyError(error_response(411, "chunked request bodies are not supported, send Content-Length instead"))
         length_text = self.headers.get("Content-Length", "0")
         try:
             length = int(length_text)
@@ -190,7 +191,7 @@ class _HttpServer(ThreadingHTTPServer):
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind looks up the host's FQDN, which can stall
-        # on DNS; the emulator only needs the bound address.
+        # on DNS. The emulator only needs the bound address.
         socketserver.TCPServer.server_bind(self)
         host, port = self.server_address[:2]
         self.server_name = host

@@ -43,7 +43,7 @@ class SeedError(ValueError):
 
 
 class ApiError(Exception):
-    """An error answer of the emulated API: HTTP status, ilert error code, message."""
+    """An error response of the emulated API: HTTP status, ilert error code, message."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
@@ -230,10 +230,10 @@ class EmulatorState:
             }
 
     def find_user_by_email(self, email: str) -> dict[str, Any]:
-        wanted = email.lower()
+        email_key = email.lower()
         with self._lock:
             for user in self._users.values():
-                if user["email"].lower() == wanted:
+                if user["email"].lower() == email_key:
                     return copy.deepcopy(user)
         raise ApiError(404, "NOT_FOUND", f"No user found with email {email}")
 

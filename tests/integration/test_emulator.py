@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from ilert_emulator.server import EmulatorServer
 from ilert_emulator.testing import EmulatorProcess, make_seed
 
 DEMO_SEED = Path(__file__).resolve().parents[2] / "examples" / "demo-seed.json"
@@ -305,7 +306,7 @@ def test_fault_body_replaces_json(fresh):
     assert response.text == "<html>maintenance</html>"
 
 
-def test_fault_latency_delays_answer(fresh):
+def test_fault_latency_delays_response(fresh):
     fresh.add_fault(latency_ms=400, count=1)
 
     started = time.monotonic()
@@ -413,7 +414,7 @@ def test_keep_alive_serves_parallel_clients(fresh):
     assert len(fresh.journal()) == 200
 
 
-def test_health_answers_ok(fresh):
+def test_health_returns_ok(fresh):
     response = requests.get(f"{fresh.url}/_emulator/health", timeout=TIMEOUT_S)
     assert response.status_code == 200
 
@@ -421,6 +422,19 @@ def test_health_answers_ok(fresh):
 def test_process_exits_cleanly_on_sigterm():
     process = EmulatorProcess(DEMO_SEED).start()
     assert process.stop() == 0
+
+
+def test_ipv6_loopback_serves_api():
+    with EmulatorProcess(DEMO_SEED, host="::1") as process:
+        assert process.url.startswith("http://[::1]:")
+        assert resolve(process, "powerplant").status_code == 200
+
+
+def test_server_in_thread_serves_api():
+    with EmulatorServer(str(DEMO_SEED)) as server:
+        response = search(server, "oncall@example.com")
+        assert response.status_code == 200
+        assert server.emulator.journal.entries()[0]["status"] == 200
 
 
 def test_non_loopback_host_is_rejected():
