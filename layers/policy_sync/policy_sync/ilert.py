@@ -101,8 +101,8 @@ class IlertClient:
         session: requests.Session | None = None,
     ):
         key = api_key.strip()
-        if key[:7].lower() == "bearer ":
-            key = key[7:].strip()
+        if key[:6].lower() == "bearer" and (len(key) == 6 or key[6].isspace()):
+            key = key[6:].strip()
         if not key:
             raise ValueError("the ilert API key is empty; set ILERT_API_KEY or the API key secret")
         self.base_url = base_url.rstrip("/")
