@@ -17,7 +17,7 @@
 #   POLICY_SYNC_KAFKA_CONTROLLER_PORT  Kafka KRaft controller [19093]
 #   POLICY_SYNC_CACHE                  cache with the Kafka jars [~/.cache/policy-sync]
 #   POLICY_SYNC_KAFKA_VERSION          Kafka version in the cache [4.4.0]
-#   POLICY_SYNC_START_TIMEOUT          seconds to wait for a broker to answer [120]
+#   POLICY_SYNC_START_TIMEOUT          seconds to wait for a broker to accept connections [120]
 set -euo pipefail
 
 repo_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -101,8 +101,8 @@ render_template() {
     mv "$output.tmp" "$output"
 }
 
-# Wait until a started process answers, or fail with the log tail.
-# Arguments: service name, pid, log file, readiness command...
+# Wait until a readiness command succeeds for a started process, or fail
+# with the log tail. Arguments: service name, pid, log file, command...
 wait_until_ready() {
     local name="$1" pid="$2" log_file="$3"
     shift 3
@@ -119,14 +119,14 @@ wait_until_ready() {
         sleep 0.2
     done
     show_log_tail "$log_file"
-    die "$name did not answer within ${start_timeout}s (pid $pid still running; see $log_file)"
+    die "$name startup timed out after ${start_timeout}s (pid $pid still running, not ready; see $log_file)"
 }
 
 # --- certificates -----------------------------------------------------------
 
 # Create a project CA plus a server certificate (127.0.0.1, ::1, localhost)
-# and a client certificate signed by it. The extensions satisfy strict
-# X.509 checks (Python 3.13's ssl.create_default_context uses them).
+# and a client certificate signed by it. The extensions pass the checks of
+# ssl.VERIFY_X509_STRICT, which Python 3.13's default SSL context enables.
 make_certs() {
     if [[ -f "$certs_dir/client.crt" && -f "$certs_dir/server.crt" && -f "$certs_dir/ca.crt" ]]; then
         return

@@ -2,7 +2,8 @@
 
 Ports come from the same environment variables, with the same defaults, as
 the script. The `require_*` helpers fail the test (they never skip it) when a
-broker does not answer, so a missing broker shows up as a red test run.
+broker does not accept connections, so a missing broker shows up as a failed
+test run.
 """
 
 from __future__ import annotations

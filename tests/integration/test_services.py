@@ -214,6 +214,7 @@ def test_mqtt_password_listener_rejects_bad_credentials(username, password):
     result = connect_and_wait(client, services.mqtt_auth_port())
     try:
         assert not result.connected, f"connection with bad credentials succeeded: {result.detail}"
+        assert "Not authorized" in result.detail, f"expected CONNACK 'Not authorized', got {result.detail}"
     finally:
         stop_client(client)
 
@@ -252,6 +253,42 @@ def test_kafka_record_round_trip_on_new_topic():
     assert records[0].value == b'{"data": {"shift": 2}}'
     assert records[0].partition == metadata.partition
     assert records[0].offset == metadata.offset
+
+
+def test_kafka_accepts_5_mb_record():
+    topic = unique_name("policy-sync-test-large")
+    services.create_topic(topic, partitions=1)
+    value = bytes(range(256)) * (5 * 1024 * 1024 // 256)
+
+    producer = KafkaProducer(
+        bootstrap_servers=services.kafka_bootstrap(),
+        acks="all",
+        max_request_size=8 * 1024 * 1024,
+    )
+    try:
+        producer.send(topic, value=value).get(timeout=TIMEOUT_S)
+    finally:
+        producer.close()
+
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=services.kafka_bootstrap(),
+        group_id=unique_name("policy-sync-test-group"),
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
+    try:
+        records = services.wait_until(
+            lambda: [record for batch in consumer.poll(timeout_ms=500).values() for record in batch],
+            timeout_s=30.0,
+            message=f"no record consumed from {topic}",
+        )
+    finally:
+        consumer.close()
+
+    assert len(records) == 1
+    assert records[0].value == value
 
 
 def test_mosquitto_restart_keeps_queued_qos1_message():
