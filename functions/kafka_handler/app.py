@@ -7,10 +7,18 @@ offset past it; other partitions go on. When the remaining invocation time
 drops below REMAINING_TIME_RESERVE_MS, no new record is started and the rest
 are reported as failed. The failure identifier is the one Powertools' Kafka
 batch support builds: `{"partition": "<topic>-<partition>", "offset": N}`.
+
+With CONCURRENCY above 1, the batch is first split into per-level lanes
+(see `policy_sync.lanes`) that run in parallel; a later record of a partition
+may then already be done when an earlier one must be retried. It is still
+reported as failed, so the committed offset never passes the retried record,
+and its redelivery ends as *unchanged* or *superseded*.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -20,7 +28,8 @@ from aws_lambda_powertools.utilities.data_classes.kafka_event import KafkaEventR
 
 from policy_sync import outcomes
 from policy_sync import runtime as runtime_module
-from policy_sync.outcomes import RetryLater
+from policy_sync.lanes import lane_key, plan_lanes, run_lanes
+from policy_sync.outcomes import Outcome, RetryLater
 from policy_sync.pipeline import log_outcome, process_payload
 
 SERVICE_NAME = os.environ.get("POWERTOOLS_SERVICE_NAME", "policy-sync")
@@ -42,22 +51,31 @@ def lambda_handler(event: dict, context) -> dict:
     runtime = runtime_module.current()
     ordered_event = sort_records_by_offset(event)
     reserve_ms = int(os.environ.get("REMAINING_TIME_RESERVE_MS") or DEFAULT_REMAINING_TIME_RESERVE_MS)
+    concurrency = int(os.environ.get("CONCURRENCY") or 1)
+
+    def has_time() -> bool:
+        return context.get_remaining_time_in_millis() >= reserve_ms
+
+    # Outcomes by (partition id, offset), computed up front when lanes run in parallel.
+    parallel_results = process_in_lanes(ordered_event, runtime, concurrency, has_time) if concurrency > 1 else None
     # Partition id -> why its remaining records are held back.
     blocked_partitions: dict[str, str] = {}
     held_back: dict[str, list[int]] = {}
 
     def record_handler(record: KafkaEventRecord) -> str:
         partition_id = f"{record.topic}-{record.partition}"
-        if partition_id not in blocked_partitions and context.get_remaining_time_in_millis() < reserve_ms:
-            blocked_partitions[partition_id] = outcomes.OUT_OF_TIME
+        if parallel_results is None:
+            if partition_id not in blocked_partitions and not has_time():
+                blocked_partitions[partition_id] = outcomes.OUT_OF_TIME
+            outcome = None if partition_id in blocked_partitions else process_record(record.raw_event, runtime)
+        else:
+            outcome = parallel_results.get((partition_id, record.offset))
+            if outcome is None and partition_id not in blocked_partitions:
+                blocked_partitions[partition_id] = outcomes.OUT_OF_TIME
         if partition_id in blocked_partitions:
             held_back.setdefault(partition_id, []).append(record.offset)
             raise RecordHeldBack(partition_id)
 
-        coordinates = {"source": "kafka", "topic": record.topic, "partition": record.partition, "offset": record.offset}
-        payload = None if record.raw_event.get("value") is None else record.decoded_value
-        outcome = process_payload(payload, record.timestamp, coordinates, runtime)
-        log_outcome(logger, outcome, coordinates)
         metrics.add_metric(name=outcome.kind.value, unit=MetricUnit.Count, value=1)
         if not outcome.is_acknowledged:
             blocked_partitions[partition_id] = outcomes.BLOCKED_BY_EARLIER
@@ -73,6 +91,49 @@ def lambda_handler(event: dict, context) -> dict:
     )
     log_held_back(held_back, blocked_partitions)
     return response
+
+
+def process_record(record: dict, runtime) -> Outcome:
+    """Run one Kafka record through the pipeline and log its outcome."""
+    coordinates = {"source": "kafka", "topic": record["topic"], "partition": record["partition"], "offset": record["offset"]}
+    outcome = process_payload(decode_value(record), record.get("timestamp") or 0, coordinates, runtime)
+    log_outcome(logger, outcome, coordinates)
+    return outcome
+
+
+def decode_value(record: dict) -> bytes | None:
+    """Return the record value as bytes, None for a tombstone; invalid base64 reads as no value."""
+    value = record.get("value")
+    if value is None:
+        return None
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError, TypeError):
+        return None
+
+
+def process_in_lanes(event: dict, runtime, concurrency: int, has_time) -> dict[tuple[str, int], Outcome]:
+    """Process the batch in per-level lanes on `concurrency` threads; return outcomes by (partition id, offset).
+
+    A record missing from the result was not started: its lane stopped at a
+    *retry*, or time ran out.
+    """
+    records = [
+        (partition_id, record)
+        for partition_id, partition_records in event["records"].items()
+        for record in partition_records
+    ]
+    lanes = plan_lanes(
+        records,
+        lambda item: lane_key(decode_value(item[1]), runtime.settings, (item[0], item[1]["offset"])),
+    )
+    outcomes_by_item = run_lanes(lanes, lambda item: process_record(item[1], runtime), concurrency, has_time)
+    results = {}
+    for item in records:
+        if id(item) in outcomes_by_item:
+            partition_id, record = item
+            results[(partition_id, record["offset"])] = outcomes_by_item[id(item)]
+    return results
 
 
 def sort_records_by_offset(event: dict) -> dict:
