@@ -1,0 +1,1 @@
+"""Payload corpora shared by the unit tests, the integration tests and the benchmark."""
