@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import signal
 import sqlite3
 import threading
@@ -27,6 +29,21 @@ WATCH_INTERVAL_S = 0.5
 STOP_TIMEOUT_S = 60.0
 
 
+def lock_db_file(db_file: str) -> int:
+    """Take an exclusive lock on `<db_file>.lock` and return its descriptor; the kernel drops it at exit.
+
+    One daemon per SQLite file: the ordering claims assume no other process
+    works on the same levels. Raises BlockingIOError when another daemon holds it.
+    """
+    descriptor = os.open(f"{db_file}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(descriptor)
+        raise
+    return descriptor
+
+
 def install_runtime(config: DaemonConfig, database: Database) -> None:
     """Build the local runtime (SQLite ordering store and dead-letter table) and install it for the handlers."""
     runtime_module.install(
@@ -48,10 +65,21 @@ def run_daemon(config: DaemonConfig) -> int:
         signal.signal(signal_number, lambda number, frame: request_stop(stop_event, number))
 
     try:
+        lock_descriptor = lock_db_file(config.db_file)
+    except BlockingIOError:
+        logger.error("another local_runner daemon uses this SQLite file; stop it or give another -f", extra={"file": config.db_file})
+        return EXIT_FAILED
+    except OSError as error:
+        logger.error("cannot create the lock file", extra={"file": f"{config.db_file}.lock", "error": str(error)})
+        return EXIT_FAILED
+    try:
         database = Database(config.db_file)
+        stale_claims = SqliteOrderingStore(database).clear_claims()
     except sqlite3.Error as error:
         logger.error("cannot open the SQLite file", extra={"file": config.db_file, "error": str(error)})
         return EXIT_FAILED
+    if stale_claims:
+        logger.info("dropped ordering claims left by a previous run", extra={"claims": stale_claims})
 
     install_runtime(config, database)
     # Imported after configure_logging, because Powertools reads its settings at import.
@@ -97,6 +125,7 @@ def run_daemon(config: DaemonConfig) -> int:
     if health is not None:
         health.stop()
     database.close()
+    os.close(lock_descriptor)
     logger.info("local_runner stopped", extra={"exit_code": exit_code})
     return exit_code
 

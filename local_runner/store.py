@@ -179,6 +179,19 @@ class SqliteOrderingStore:
                     (key, applied_received_at_ms),
                 )
 
+    def clear_claims(self) -> int:
+        """Drop every claim and return how many there were; last applied times stay.
+
+        For daemon startup only: claims left by a process that was killed
+        would otherwise block their levels for CLAIM_TTL_S. Safe because the
+        daemon holds the file's lock, so no other process can own a claim.
+        """
+        with self._database.transaction() as connection:
+            cursor = connection.execute(
+                "UPDATE ordering SET claim_owner = NULL, claim_expires_ms = NULL WHERE claim_owner IS NOT NULL"
+            )
+            return cursor.rowcount
+
     def last_applied_ms(self, routing_key: str, level: int) -> int | None:
         """Return the receive time of the last applied assignment for the level, or None."""
         rows = self._database.query(

@@ -266,6 +266,16 @@ def test_release_by_other_owner_keeps_the_claim(database, clock):
     assert store.claim("powerplant", 1, 100, "c") is ClaimResult.BUSY
 
 
+def test_clear_claims_keeps_last_applied(database, clock):
+    store = SqliteOrderingStore(database, clock_ms=clock)
+    store.claim("powerplant", 1, 500, "a")
+    store.release("powerplant", 1, "a", 500)
+    store.claim("powerplant", 1, 600, "crashed")
+    assert store.clear_claims() == 1
+    assert store.claim("powerplant", 1, 600, "b") is ClaimResult.GRANTED
+    assert store.last_applied_ms("powerplant", 1) == 500
+
+
 def test_release_never_lowers_last_applied(database, clock):
     store = SqliteOrderingStore(database, clock_ms=clock)
     store.claim("powerplant", 1, 500, "a")
