@@ -106,6 +106,10 @@ class RunnerProcess:
                 process.wait(timeout=timeout_s)
         return process.returncode
 
+    def send_signal(self, signal_number: int) -> None:
+        """Send a signal to the child's PID without waiting."""
+        self._process.send_signal(signal_number)
+
     def kill(self) -> int:
         """Send SIGKILL to the child's PID, as a crash would, and return its exit status."""
         self._process.kill()
