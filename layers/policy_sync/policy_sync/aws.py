@@ -167,6 +167,11 @@ def number(item: dict, name: str) -> int | None:
     return None if value is None else int(value)
 
 
+# SQS takes messages up to 1 MiB (1,048,576 bytes, the queue's MaximumMessageSize
+# maximum and default); the margin leaves room for the message attributes.
+DEAD_LETTER_BODY_MAX_BYTES = 1_000_000
+
+
 class SqsDeadLetterSink:
     """`DeadLetterSink` that sends each dead letter to the SQS dead-letter queue.
 
@@ -191,7 +196,7 @@ class SqsDeadLetterSink:
 
         self.client.send_message(
             QueueUrl=self.queue_url,
-            MessageBody=dead_letter.to_json(),
+            MessageBody=dead_letter.to_json(max_bytes=DEAD_LETTER_BODY_MAX_BYTES),
             MessageAttributes=attributes,
         )
 
