@@ -8,8 +8,8 @@ import uuid
 
 FUNCTION_NAME_PREFIX = "local-runner"
 
-# local_runner has no memory limit of its own; this is the figure the SAM
-# template gives the functions, reported so that code reading it finds a number.
+# local_runner has no memory limit of its own. It reports the MemorySize of
+# the functions in template.yaml, so code that reads the limit gets a number.
 MEMORY_LIMIT_IN_MB = 256
 
 

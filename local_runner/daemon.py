@@ -24,8 +24,8 @@ logger = logging.getLogger(__name__)
 # How often the main thread checks that every worker thread is still alive.
 WATCH_INTERVAL_S = 0.5
 
-# How long a stop waits for each worker; a Kafka batch in flight finishes its
-# current record first, which takes at most one sync (three API calls).
+# How long a stop waits for each worker. A Kafka batch in flight finishes its
+# current record first, and one sync takes up to three API calls.
 STOP_TIMEOUT_S = 60.0
 
 

@@ -17,8 +17,8 @@ from local_runner.store import BufferItem, SqliteBuffer, make_level_key, now_ms
 
 logger = logging.getLogger(__name__)
 
-# Longest sleep while nothing is due. It bounds how late the drain notices a
-# dead letter requeued by another process, which cannot wake it directly.
+# Maximum sleep while nothing is due. It bounds how late the drain notices a
+# dead letter requeued by another process, because that process cannot wake it.
 IDLE_WAIT_MAX_S = 1.0
 
 # Pause after a failed SQLite read or write before the drain tries again.
@@ -44,9 +44,9 @@ def level_key_function(settings: Settings) -> Callable[[bytes | None], str | Non
 class BufferDrain:
     """Takes due items from the buffer and calls the MQTT handler with each, one at a time.
 
-    Success or any acknowledged outcome deletes the item. *retry* schedules the
-    next attempt with backoff; once the attempts reach `max_retries` (0 means
-    no limit) the item moves to the dead letters with reason `retries_exhausted`.
+    Any acknowledged outcome deletes the item. *retry* schedules the next
+    attempt with backoff. Once the attempts reach `max_retries` (0 means no
+    limit), the item moves to the dead letters with reason `retries_exhausted`.
     """
 
     def __init__(

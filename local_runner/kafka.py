@@ -3,8 +3,8 @@
 Offsets are committed per partition only up to the first record the handler
 reported as failed. A partition with a failure is sought back to that record
 and paused for a backoff (doubling per failure, capped at 60 s), while the
-loop keeps polling so the consumer stays in its group. A rebalance forgets
-the paused state: the new owner starts from the committed offset, which is
+loop keeps polling so the consumer stays in its group. A rebalance drops the
+pause state, because the new owner starts from the committed offset, which is
 the failed record.
 """
 
@@ -226,10 +226,10 @@ class KafkaRunner(ConsumerRebalanceListener):
         self._commit(offsets)
 
     def _back_off(self, partition: TopicPartition, offset: int) -> None:
-        """Seek back to the failed record and pause the partition; doubling per failure up to 60 s.
+        """Seek back to the failed record and pause the partition for a backoff that doubles up to 60 s.
 
-        A shutdown in the middle of a batch also reports the rest as failed;
-        then there is nothing to pause, the commit below is what matters.
+        A shutdown in the middle of a batch also reports the rest as failed.
+        Then only the seek is needed, because the consumer closes after the commit.
         """
         self._consumer.seek(partition, offset)
         if self._stop_event.is_set():

@@ -1,7 +1,7 @@
 """Log setup for local_runner: one key=value line per record on stderr.
 
-The handlers log their outcomes themselves through Powertools Logger (JSON on
-stdout); these settings cover local_runner's own loops and the standard
+The handlers log their outcomes themselves through Powertools Logger, as JSON
+on stdout. These settings cover local_runner's own loops and the standard
 `logging` loggers of the shared layer.
 """
 

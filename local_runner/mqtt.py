@@ -154,7 +154,7 @@ class MqttConsumer:
         try:
             if reason_code.is_failure:
                 logger.error(
-                    "MQTT broker refused the connection",
+                    "MQTT broker rejected the connection",
                     extra={"reason_code": str(reason_code), "host": self._options.host, "port": self._options.port},
                 )
                 return
@@ -185,7 +185,7 @@ class MqttConsumer:
             failed = [code for code in reason_code_list if code.is_failure]
             if failed:
                 logger.error(
-                    "MQTT broker refused the subscription",
+                    "MQTT broker rejected the subscription",
                     extra={"subscription": self._options.subscription, "reason_codes": [str(c) for c in failed]},
                 )
                 self._readiness.set(READINESS_NAME, False)

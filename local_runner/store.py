@@ -1,6 +1,6 @@
 """The SQLite file of local_runner: retry buffer, dead letters and the ordering table.
 
-One file (`-f`, default `./ilagent.db3`) holds everything the daemon must not
+One file (`-f`, default `./ilagent.db3`) stores everything the daemon must not
 forget across a restart. It runs in WAL mode with `synchronous=FULL`, so a
 write that returned is on disk. One connection is shared by the daemon's
 threads behind a lock. Other processes (the `dead-letters` subcommand) open
@@ -140,7 +140,7 @@ class SqliteOrderingStore:
         self._clock_ms = clock_ms
 
     def claim(self, routing_key: str, level: int, received_at_ms: int, owner: str) -> ClaimResult:
-        """Claim the level for `owner` unless a newer assignment was applied or another owner holds it."""
+        """Claim the level for `owner` unless a newer assignment was applied or another owner has a live claim."""
         key = make_level_key(routing_key, level)
         now = self._clock_ms()
         with self._database.transaction() as connection:
@@ -283,9 +283,9 @@ class SqliteBuffer:
     do not map to an assignment have no level key and never wait behind others.
 
     `level_key_of(payload)` computes the level key at insert. Rows inserted
-    without it (requeued dead letters, written by a process that has no
-    settings) are marked unknown and keyed by `fill_level_keys` before the
-    next `next_due`.
+    without it (dead letters requeued by a process that has no settings) are
+    skipped by `next_due` until `fill_level_keys` computes their key; the
+    drain calls it before each `next_due`.
     """
 
     def __init__(

@@ -73,7 +73,7 @@ class RunnerProcess:
         return self
 
     def ready_status(self) -> int | None:
-        """Return the HTTP status of /ready, or None when nothing answers."""
+        """Return the HTTP status of /ready, or None when the request fails."""
         try:
             return requests.get(self.ready_url, timeout=HEALTH_REQUEST_TIMEOUT_S).status_code
         except requests.RequestException:

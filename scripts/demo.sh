@@ -2,11 +2,11 @@
 # Show local_runner at work: one MQTT message moves level 1 of the demo
 # policy `powerplant` to oncall@example.com in the ilert API emulator.
 #
-# Steps: create .venv if missing, install and start Mosquitto (unless it is
-# already up), start the emulator with examples/demo-seed.json, print level 1
-# of `powerplant`, run the daemon with ilagent's MQTT command line, publish
-# the shift message, wait for the level to change, print it, and stop
-# everything this script started.
+# Steps: create .venv if missing, and install and start Mosquitto unless it
+# is already up. Start the emulator with examples/demo-seed.json and print
+# level 1 of `powerplant`. Run the daemon with ilagent's MQTT command line,
+# publish the shift message, wait for the level to change and print it.
+# Finally stop everything this script started.
 #
 # The command line is the README's, with two changes: the routing key is
 # `location` alone (the seed payload has no `slot`), and --shift_offset=0,

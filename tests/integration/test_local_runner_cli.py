@@ -236,7 +236,7 @@ def test_requeued_dead_letter_is_applied_by_running_daemon(emulator, tmp_path):
 
 
 @pytest.mark.brokers
-def test_sigint_stops_with_exit_0_and_second_daemon_is_refused(emulator, tmp_path):
+def test_sigint_exit_0_and_file_lock(emulator, tmp_path):
     require_mosquitto()
     db_file = tmp_path / "ilagent.db3"
     args = [

@@ -160,7 +160,7 @@ def test_retry_after_api_errors_succeeds(emulator, tmp_path, buffered):
     assert statuses[-1] == 200
 
 
-def test_direct_retry_waits_for_the_broker_to_deliver_again(emulator, tmp_path):
+def test_direct_retry_reconnects_for_redelivery(emulator, tmp_path):
     topic, client_id = unique("user/logins"), unique("ilagent")
     emulator.add_fault(status=503, count=1)
     args = ilagent_args(topic, client_id, emulator.url, buffered=False)
@@ -340,3 +340,28 @@ def test_shared_subscription_receives_messages(emulator, tmp_path):
         runner.wait_ready()
         publish(topic, [LOGIN_PAYLOAD])
         wait_for_level(emulator, "powerplantthree50", 1, [ONCALL_USER_ID], runner)
+
+
+def test_buffered_message_past_max_retries_becomes_dead_letter(emulator, tmp_path):
+    topic, client_id = unique("user/logins"), unique("ilagent")
+    db_file = tmp_path / "ilagent.db3"
+    emulator.add_fault(status=503)
+    args = [*ilagent_args(topic, client_id, emulator.url, buffered=True), "--max_retries", "2"]
+    with RunnerProcess(args, db_file, API_KEY) as runner:
+        runner.wait_ready()
+        publish(topic, [LOGIN_PAYLOAD])
+
+        def dead_letters() -> list:
+            with sqlite3.connect(db_file) as connection:
+                return connection.execute("SELECT reason, detail, payload FROM dead_letters").fetchall()
+
+        [(reason, detail, payload)] = wait_until(
+            dead_letters, APPLY_TIMEOUT_S, f"no dead letter after 2 attempts; output:\n{runner.output()[-3000:]}"
+        )
+        assert buffer_count(db_file) == 0
+
+    assert reason == "retries_exhausted"
+    assert "2 attempts" in detail
+    assert "api_unavailable" in detail
+    assert json.loads(payload) == LOGIN_PAYLOAD
+    assert [entry["status"] for entry in emulator.journal()] == [503, 503]
