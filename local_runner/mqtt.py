@@ -66,6 +66,8 @@ class MqttConsumer:
         # they come again after the reconnect, in order, behind the failed one.
         self._withholding = False
         self._failed_attempts = 0
+        # Orders stop() against a new connect, so that a stop never misses a session.
+        self._session_lock = threading.Lock()
         self._reconnect_wait_s = 0.0
 
         self._client = self._build_client()
@@ -102,8 +104,12 @@ class MqttConsumer:
         self._thread.start()
 
     def stop(self) -> None:
-        """Disconnect (the session and its unacknowledged messages stay on the broker)."""
-        self._client.disconnect()
+        """Disconnect (the session and its unacknowledged messages stay on the broker).
+
+        Call after setting the stop event, so that no new connection is started.
+        """
+        with self._session_lock:
+            self._client.disconnect()
 
     def join(self, timeout_s: float | None = None) -> None:
         """Wait for the network thread to end."""
@@ -142,7 +148,10 @@ class MqttConsumer:
     def _run_session(self) -> None:
         """Connect and run paho's loop until a deliberate disconnect or an error in the loop."""
         try:
-            self._client.connect_async(self._options.host, self._options.port, keepalive=KEEPALIVE_S)
+            with self._session_lock:
+                if self._stop_event.is_set():
+                    return
+                self._client.connect_async(self._options.host, self._options.port, keepalive=KEEPALIVE_S)
             # loop_forever reconnects by itself after a lost connection and
             # returns only after disconnect(), which we call for a retry and on stop.
             self._client.loop_forever(retry_first_connection=True)

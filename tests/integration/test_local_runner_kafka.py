@@ -260,3 +260,33 @@ def test_sigterm_leaves_group_and_exits_0(emulator, tmp_path):
     finally:
         admin.close()
     assert descriptions[group_id]["members"] == []
+
+
+def test_sigterm_mid_batch_commits_finished_records(tmp_path):
+    seed = make_seed(policies=10, users=5, levels=3, api_key=API_KEY)
+    emails = {user["id"]: user["email"] for user in seed["users"]}
+    payloads = [
+        {"location": policy["routingKey"], "data": {"email": emails[rule["users"][0]["id"] % 5 + 1], "shift": level}}
+        for policy in seed["policies"]
+        for level, rule in enumerate(policy["escalationRules"])
+    ]
+    topic, group_id = unique("shifts"), unique("runner")
+    create_topic(topic, partitions=1)
+    args = ["-v", "--kafka_brokers", kafka_bootstrap(), "--kafka_group_id", group_id,
+            "--policy_topic", topic, "--policy_routing_keys", "location"]  # fmt: skip
+
+    def applied_count(emulator) -> int:
+        return sum(1 for entry in emulator.journal() if entry["method"] == "PUT" and entry["status"] == 200)
+
+    with EmulatorProcess(seed) as emulator:
+        emulator.add_fault(latency_ms=50)
+        with RunnerProcess([*args, "--ilert_url", emulator.url], tmp_path / "runner.db3", API_KEY) as runner:
+            runner.wait_ready()
+            produce(topic, payloads)
+            wait_until(lambda: applied_count(emulator) >= 3, APPLY_TIMEOUT_S, "nothing was applied")
+            assert runner.stop() == 0
+
+        # Every record applied before the stop is committed, and nothing after it.
+        applied = applied_count(emulator)
+        assert 3 <= applied < len(payloads)
+        assert committed_offset(group_id, topic) == applied
