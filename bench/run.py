@@ -150,7 +150,9 @@ METHOD_NOTES = """\
   interpreter, minus that of `python -c "pass"`, each the median of several
   runs. The handlers are imported from the development install, so the
   figure covers `policy_sync`, Powertools and their dependencies. Lambda
-  adds its own runtime start, which is not measured here.
+  adds its own runtime start, which is not measured here. The figures sit
+  close to the 400 ms target: across runs on this shared machine they
+  ranged from about 340 ms to 435 ms, so one run can miss it.
 - **Layer size**: the `PolicySyncLayer` folder that `sam build` writes
   (SAM CLI from `.venv-sam`, Python 3.12 as in template.yaml), into a
   temporary folder. Without SAM or Python 3.12 the layer requirements are
