@@ -16,6 +16,7 @@ import sqlite3
 import sys
 from dataclasses import dataclass
 
+from policy_sync.lanes import MAX_CONCURRENCY
 from policy_sync.settings import ConfigError, Settings, normalize_api_key
 
 DEFAULT_MQTT_PORT = 1883
@@ -75,6 +76,7 @@ class DaemonConfig:
     db_file: str
     health_port: int | None
     verbosity: int
+    concurrency: int
     mqtt: MqttOptions | None
     kafka: KafkaOptions | None
 
@@ -153,6 +155,13 @@ def add_daemon_arguments(parser: argparse.ArgumentParser) -> None:
     policy.add_argument("--ilert_url", help="ilert API base URL (default: ILERT_API_URL, else https://api.ilert.com)")
     policy.add_argument("--max_retries", help="attempts before a buffered message becomes a dead letter; 0 = unlimited (default 100)")
     policy.add_argument("--max_payload_bytes", help="largest accepted message in bytes (default 262144)")
+    policy.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        help="routing keys synced in parallel by the Kafka handler and the buffer drain; "
+        f"each routing key and level stays in order (1 to {MAX_CONCURRENCY}, default 1)",
+    )
 
 
 def build_daemon_config(args: argparse.Namespace, environ: dict[str, str]) -> DaemonConfig:
@@ -175,6 +184,8 @@ def build_daemon_config(args: argparse.Namespace, environ: dict[str, str]) -> Da
         raise ConfigError("no broker configured: give -m/--mqtt_host, --kafka_brokers or both")
     if args.port is not None and not 0 <= args.port <= 65535:
         raise ConfigError(f"invalid -p/--port: {args.port} is out of range; give a port from 0 to 65535")
+    if not 1 <= args.concurrency <= MAX_CONCURRENCY:
+        raise ConfigError(f"invalid --concurrency: {args.concurrency}; give 1 to {MAX_CONCURRENCY}")
     api_key = normalize_api_key(environ.get("ILERT_API_KEY", ""))
     return DaemonConfig(
         settings=settings,
@@ -182,6 +193,7 @@ def build_daemon_config(args: argparse.Namespace, environ: dict[str, str]) -> Da
         db_file=args.file,
         health_port=args.port,
         verbosity=args.verbosity,
+        concurrency=args.concurrency,
         mqtt=build_mqtt_options(args, settings) if args.mqtt_host else None,
         kafka=build_kafka_options(args, settings) if args.kafka_brokers else None,
     )

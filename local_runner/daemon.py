@@ -82,6 +82,8 @@ def run_daemon(config: DaemonConfig) -> int:
         logger.info("dropped ordering claims left by a previous run", extra={"claims": stale_claims})
 
     install_runtime(config, database)
+    # The Kafka handler reads its lane count from the environment, as in Lambda.
+    os.environ["CONCURRENCY"] = str(config.concurrency)
     # Imported after configure_logging, because Powertools reads its settings at import.
     from local_runner.handlers import invoke_kafka_handler, invoke_mqtt_handler
 
@@ -94,7 +96,7 @@ def run_daemon(config: DaemonConfig) -> int:
 
     # The drain runs in every mode: it also feeds dead letters requeued with
     # `dead-letters requeue`, whichever broker they first came from.
-    drain = BufferDrain(buffer, config.settings.max_retries, stop_event, invoke_mqtt)
+    drain = BufferDrain(buffer, config.settings.max_retries, stop_event, invoke_mqtt, config.concurrency)
     workers = [drain]
     if config.mqtt is not None:
         from local_runner.mqtt import MqttConsumer

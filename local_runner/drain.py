@@ -6,6 +6,7 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from policy_sync.mapping import Assignment, map_message
@@ -42,9 +43,12 @@ def level_key_function(settings: Settings) -> Callable[[bytes | None], str | Non
 
 
 class BufferDrain:
-    """Takes due items from the buffer and calls the MQTT handler with each, one at a time.
+    """Takes due items from the buffer and calls the MQTT handler with each.
 
-    Any acknowledged outcome deletes the item. *retry* schedules the next
+    With `concurrency` above 1, up to that many items run at once on a thread
+    pool, never two for the same routing key and level: an item in flight
+    stays in the buffer until done and so holds back later items for its
+    level. Any acknowledged outcome deletes the item. *retry* schedules the next
     attempt with backoff. Once the attempts reach `max_retries` (0 means no
     limit), the item moves to the dead letters with reason `retries_exhausted`.
     """
@@ -55,8 +59,14 @@ class BufferDrain:
         max_retries: int,
         stop_event: threading.Event,
         invoke: Callable[[dict[str, Any]], dict[str, Any]],
+        concurrency: int = 1,
     ):
         self._buffer = buffer
+        self._concurrency = concurrency
+        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="drain") if concurrency > 1 else None
+        # Ids of the items the pool is working on.
+        self._in_flight: set[int] = set()
+        self._in_flight_lock = threading.Lock()
         self._max_retries = max_retries
         self._stop_event = stop_event
         self._invoke = invoke
@@ -71,6 +81,8 @@ class BufferDrain:
         """Wait for the loop to end; it ends after the item in flight once the stop event is set."""
         self.wake_event.set()
         self._thread.join(timeout_s)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
     def is_alive(self) -> bool:
         """Return True while the loop runs."""
@@ -88,11 +100,43 @@ class BufferDrain:
 
     def _drain_once(self) -> None:
         self._buffer.fill_level_keys()
+        if self._pool is not None:
+            self._dispatch_to_pool()
+            return
         item = self._buffer.next_due(now_ms())
         if item is None:
             self._wait_for_next_item()
             return
         self.process(item)
+
+    def _dispatch_to_pool(self) -> None:
+        with self._in_flight_lock:
+            in_flight = set(self._in_flight)
+        free = self._concurrency - len(in_flight)
+        items = self._buffer.next_due_items(free, in_flight, now_ms()) if free > 0 else []
+        if not items:
+            if in_flight:
+                # A finishing item sets wake_event, which may free its level for the next one.
+                self.wake_event.wait(IDLE_WAIT_MAX_S)
+                self.wake_event.clear()
+            else:
+                self._wait_for_next_item()
+            return
+        with self._in_flight_lock:
+            self._in_flight.update(item.id for item in items)
+        for item in items:
+            self._pool.submit(self._process_in_pool, item)
+
+    def _process_in_pool(self, item: BufferItem) -> None:
+        try:
+            self.process(item)
+        except Exception:
+            # The item stays in the buffer (e.g. a failed SQLite write) and is taken again.
+            logger.exception("buffer drain worker failed", extra={"buffer_id": item.id})
+        finally:
+            with self._in_flight_lock:
+                self._in_flight.discard(item.id)
+            self.wake_event.set()
 
     def _wait_for_next_item(self) -> None:
         due_at_ms = self._buffer.next_due_at_ms()
@@ -104,7 +148,7 @@ class BufferDrain:
 
     def process(self, item: BufferItem) -> None:
         """Call the handler with one item and record the result in the buffer."""
-        event = build_mqtt_event(item.payload, item.topic, item.received_at_ms)
+        event = build_mqtt_event(item.payload, item.topic, item.received_at_ms, sequence=item.id)
         try:
             self._invoke(event)
         except RetryLater as retry:

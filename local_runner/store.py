@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 CREATE TABLE IF NOT EXISTS ordering (
     level_key TEXT PRIMARY KEY,
     last_applied_ms INTEGER,
+    last_applied_seq INTEGER NOT NULL DEFAULT 0,
     claim_owner TEXT,
     claim_expires_ms INTEGER
 );
@@ -100,6 +101,10 @@ class Database:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     connection.execute(statement)
+            # Files written before the ordering table had a sequence column.
+            columns = {row[1] for row in connection.execute("PRAGMA table_info(ordering)")}
+            if "last_applied_seq" not in columns:
+                connection.execute("ALTER TABLE ordering ADD COLUMN last_applied_seq INTEGER NOT NULL DEFAULT 0")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -131,25 +136,26 @@ class SqliteOrderingStore:
 
     Same contract as `policy_sync.ordering.OrderingStore`: an assignment older
     than the last applied one is superseded, a live claim of another owner
-    makes the caller busy, an equal receive time is granted, and a release
-    never lowers the last applied time.
+    makes the caller busy, an equal position is granted, and a release never
+    lowers the last applied position (receive time, then sequence).
     """
 
     def __init__(self, database: Database, clock_ms: Callable[[], int] = now_ms):
         self._database = database
         self._clock_ms = clock_ms
 
-    def claim(self, routing_key: str, level: int, received_at_ms: int, owner: str) -> ClaimResult:
-        """Claim the level for `owner` unless a newer assignment was applied or another owner has a live claim."""
+    def claim(self, routing_key: str, level: int, received_at_ms: int, owner: str, sequence: int = 0) -> ClaimResult:
+        """Claim the level for `owner` unless a later position was applied or another owner has a live claim."""
         key = make_level_key(routing_key, level)
         now = self._clock_ms()
         with self._database.transaction() as connection:
             row = connection.execute(
-                "SELECT last_applied_ms, claim_owner, claim_expires_ms FROM ordering WHERE level_key = ?", (key,)
+                "SELECT last_applied_ms, last_applied_seq, claim_owner, claim_expires_ms FROM ordering WHERE level_key = ?",
+                (key,),
             ).fetchone()
             if row is not None:
-                last_applied_ms, claim_owner, claim_expires_ms = row
-                if last_applied_ms is not None and received_at_ms < last_applied_ms:
+                last_applied_ms, last_applied_seq, claim_owner, claim_expires_ms = row
+                if last_applied_ms is not None and (received_at_ms, sequence) < (last_applied_ms, last_applied_seq):
                     return ClaimResult.SUPERSEDED
                 claim_is_live = claim_expires_ms is not None and claim_expires_ms > now
                 if claim_owner is not None and claim_owner != owner and claim_is_live:
@@ -162,8 +168,15 @@ class SqliteOrderingStore:
             )
         return ClaimResult.GRANTED
 
-    def release(self, routing_key: str, level: int, owner: str, applied_received_at_ms: int | None) -> None:
-        """Drop `owner`'s claim; record `applied_received_at_ms` as last applied when it is newer."""
+    def release(
+        self,
+        routing_key: str,
+        level: int,
+        owner: str,
+        applied_received_at_ms: int | None,
+        applied_sequence: int = 0,
+    ) -> None:
+        """Drop `owner`'s claim; record the applied position when it is later than the recorded one."""
         key = make_level_key(routing_key, level)
         with self._database.transaction() as connection:
             connection.execute(
@@ -171,13 +184,21 @@ class SqliteOrderingStore:
                 "WHERE level_key = ? AND claim_owner = ?",
                 (key, owner),
             )
-            if applied_received_at_ms is not None:
-                connection.execute(
-                    "INSERT INTO ordering (level_key, last_applied_ms) VALUES (?, ?) "
-                    "ON CONFLICT (level_key) DO UPDATE SET last_applied_ms = "
-                    "max(coalesce(last_applied_ms, excluded.last_applied_ms), excluded.last_applied_ms)",
-                    (key, applied_received_at_ms),
-                )
+            if applied_received_at_ms is None:
+                return
+            connection.execute("INSERT OR IGNORE INTO ordering (level_key) VALUES (?)", (key,))
+            connection.execute(
+                "UPDATE ordering SET last_applied_ms = ?, last_applied_seq = ? WHERE level_key = ? "
+                "AND (last_applied_ms IS NULL OR last_applied_ms < ? OR (last_applied_ms = ? AND last_applied_seq <= ?))",
+                (
+                    applied_received_at_ms,
+                    applied_sequence,
+                    key,
+                    applied_received_at_ms,
+                    applied_received_at_ms,
+                    applied_sequence,
+                ),
+            )
 
     def clear_claims(self) -> int:
         """Drop every claim and return how many there were; last applied times stay.
@@ -342,6 +363,23 @@ class SqliteBuffer:
             (now,),
         )
         return self._item(rows[0]) if rows else None
+
+    def next_due_items(self, limit: int, exclude_ids: set[int], now_ms: int | None = None) -> list[BufferItem]:
+        """Return up to `limit` due items, oldest first, each first in line for its level key.
+
+        Items in `exclude_ids` are in flight. They stay in the table until
+        done, so they keep holding back later items for their level key.
+        """
+        now = self._clock_ms() if now_ms is None else now_ms
+        rows = self._database.query(
+            "SELECT * FROM buffer AS item WHERE next_attempt_ms <= ? AND level_key_known = 1 "
+            "AND (level_key IS NULL OR NOT EXISTS ("
+            "  SELECT 1 FROM buffer AS earlier WHERE earlier.level_key = item.level_key AND earlier.id < item.id"
+            ")) ORDER BY id LIMIT ?",
+            (now, limit + len(exclude_ids)),
+        )
+        items = [self._item(row) for row in rows if row["id"] not in exclude_ids]
+        return items[:limit]
 
     def next_due_at_ms(self) -> int | None:
         """Return when the earliest item that is first in line becomes due, or None for an empty buffer."""

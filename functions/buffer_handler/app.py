@@ -49,7 +49,7 @@ def lambda_handler(event: dict, context) -> dict:
             outcome = store_dead_letter(record.body.encode("utf-8"), sent_at_ms, coordinates, decoded, runtime)
         else:
             coordinates.update(decoded.coordinates)
-            outcome = process_payload(decoded.payload, decoded.received_at_ms, coordinates, runtime)
+            outcome = process_payload(decoded.payload, decoded.received_at_ms, coordinates, runtime, decoded.sequence)
 
         log_outcome(logger, outcome, coordinates)
         metrics.add_metric(name=outcome.kind.value, unit=MetricUnit.Count, value=1)

@@ -96,7 +96,8 @@ def lambda_handler(event: dict, context) -> dict:
 def process_record(record: dict, runtime) -> Outcome:
     """Run one Kafka record through the pipeline and log its outcome."""
     coordinates = {"source": "kafka", "topic": record["topic"], "partition": record["partition"], "offset": record["offset"]}
-    outcome = process_payload(decode_value(record), record.get("timestamp") or 0, coordinates, runtime)
+    # The offset orders records of one partition received in the same millisecond.
+    outcome = process_payload(decode_value(record), record.get("timestamp") or 0, coordinates, runtime, record["offset"])
     log_outcome(logger, outcome, coordinates)
     return outcome
 

@@ -38,7 +38,7 @@ def lambda_handler(event: dict, context) -> dict:
         outcome = store_dead_letter(None, now_ms, {**coordinates, "event": _event_excerpt(event)}, decoded, runtime)
     else:
         coordinates = {"source": "mqtt", **decoded.coordinates}
-        outcome = process_payload(decoded.payload, decoded.received_at_ms, coordinates, runtime)
+        outcome = process_payload(decoded.payload, decoded.received_at_ms, coordinates, runtime, decoded.sequence)
 
     log_outcome(logger, outcome, coordinates)
     metrics.add_metric(name=outcome.kind.value, unit=MetricUnit.Count, value=1)

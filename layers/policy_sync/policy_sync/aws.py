@@ -48,11 +48,19 @@ BOTO_CONFIG = Config(connect_timeout=3, read_timeout=5, retries={"mode": "standa
 CLAIM_ATTEMPTS = 3
 
 
+# True when the position (:received, :sequence) is not before the last applied one.
+NOT_BEFORE_LAST_APPLIED = (
+    "(attribute_not_exists(last_applied_ms) OR last_applied_ms < :received"
+    " OR (last_applied_ms = :received"
+    " AND (attribute_not_exists(last_applied_seq) OR last_applied_seq <= :sequence)))"
+)
+
+
 class DynamoDbOrderingStore:
     """`OrderingStore` on a DynamoDB table keyed by `level_key` = "<routing key>#<level>".
 
-    Attributes: `last_applied_ms` (receive time of the last applied
-    assignment), `claim_owner` and `claim_expires_ms` (the current claim) and
+    Attributes: `last_applied_ms` and `last_applied_seq` (position of the last
+    applied assignment, see `policy_sync.ordering`), `claim_owner` and `claim_expires_ms` (the current claim) and
     `expires_at` (TTL, epoch seconds). Every decision is a conditional write,
     so concurrent invocations never both hold a level.
 
@@ -66,27 +74,34 @@ class DynamoDbOrderingStore:
         self.client = dynamodb_client
         self.clock_ms = clock_ms
 
-    def claim(self, routing_key: str, level: int, received_at_ms: int, owner: str) -> ClaimResult:
-        """Claim the level for `owner`; SUPERSEDED when a newer assignment was applied, BUSY when held."""
+    def claim(self, routing_key: str, level: int, received_at_ms: int, owner: str, sequence: int = 0) -> ClaimResult:
+        """Claim the level for `owner`; SUPERSEDED when a later position was applied, BUSY when held."""
         key = level_key(routing_key, level)
         for _ in range(CLAIM_ATTEMPTS):
-            if self._try_claim(key, received_at_ms, owner):
+            if self._try_claim(key, received_at_ms, sequence, owner):
                 return ClaimResult.GRANTED
 
             # The condition failed. DynamoDB does not report which part of it
             # failed, so read the item to tell SUPERSEDED from BUSY.
-            result = self._explain_refusal(key, received_at_ms, owner)
+            result = self._explain_refusal(key, received_at_ms, sequence, owner)
             if result is not None:
                 return result
 
         # The item kept changing between write and read: someone else is working on this level.
         return ClaimResult.BUSY
 
-    def release(self, routing_key: str, level: int, owner: str, applied_received_at_ms: int | None) -> None:
-        """Record `applied_received_at_ms` as last applied unless a later one is there, then drop `owner`'s claim."""
+    def release(
+        self,
+        routing_key: str,
+        level: int,
+        owner: str,
+        applied_received_at_ms: int | None,
+        applied_sequence: int = 0,
+    ) -> None:
+        """Record the applied position unless a later one is there, then drop `owner`'s claim."""
         key = level_key(routing_key, level)
         if applied_received_at_ms is not None:
-            self._record_applied(key, applied_received_at_ms)
+            self._record_applied(key, applied_received_at_ms, applied_sequence)
 
         # Only the owner's own claim goes: after a takeover the claim belongs to someone else.
         self._update_if(
@@ -96,30 +111,32 @@ class DynamoDbOrderingStore:
             {":owner": {"S": owner}},
         )
 
-    def _try_claim(self, key: str, received_at_ms: int, owner: str) -> bool:
+    def _try_claim(self, key: str, received_at_ms: int, sequence: int, owner: str) -> bool:
         now = self.clock_ms()
         return self._update_if(
             key,
             "SET claim_owner = :owner, claim_expires_ms = :claim_expires, expires_at = :expires_at",
             "(attribute_not_exists(claim_owner) OR claim_owner = :owner OR claim_expires_ms <= :now)"
-            " AND (attribute_not_exists(last_applied_ms) OR last_applied_ms <= :received)",
+            f" AND {NOT_BEFORE_LAST_APPLIED}",
             {
                 ":owner": {"S": owner},
                 ":claim_expires": {"N": str(now + CLAIM_TTL_S * 1000)},
                 ":expires_at": {"N": str(self._expires_at())},
                 ":now": {"N": str(now)},
                 ":received": {"N": str(received_at_ms)},
+                ":sequence": {"N": str(sequence)},
             },
         )
 
-    def _explain_refusal(self, key: str, received_at_ms: int, owner: str) -> ClaimResult | None:
+    def _explain_refusal(self, key: str, received_at_ms: int, sequence: int, owner: str) -> ClaimResult | None:
         """Return SUPERSEDED or BUSY from the item as it is now, or None when neither applies any more."""
         item = self.client.get_item(
             TableName=self.table_name, Key={"level_key": {"S": key}}, ConsistentRead=True
         ).get("Item", {})
 
         last_applied_ms = number(item, "last_applied_ms")
-        if last_applied_ms is not None and last_applied_ms > received_at_ms:
+        last_applied_seq = number(item, "last_applied_seq") or 0
+        if last_applied_ms is not None and (last_applied_ms, last_applied_seq) > (received_at_ms, sequence):
             return ClaimResult.SUPERSEDED
 
         claim_owner = item.get("claim_owner", {}).get("S")
@@ -128,14 +145,18 @@ class DynamoDbOrderingStore:
             return ClaimResult.BUSY
         return None
 
-    def _record_applied(self, key: str, applied_received_at_ms: int) -> None:
-        # The condition keeps last_applied_ms from going down: DynamoDB has no
+    def _record_applied(self, key: str, applied_received_at_ms: int, applied_sequence: int) -> None:
+        # The condition keeps the position from going down: DynamoDB has no
         # max() in update expressions.
         self._update_if(
             key,
-            "SET last_applied_ms = :applied, expires_at = :expires_at",
-            "attribute_not_exists(last_applied_ms) OR last_applied_ms <= :applied",
-            {":applied": {"N": str(applied_received_at_ms)}, ":expires_at": {"N": str(self._expires_at())}},
+            "SET last_applied_ms = :received, last_applied_seq = :sequence, expires_at = :expires_at",
+            NOT_BEFORE_LAST_APPLIED,
+            {
+                ":received": {"N": str(applied_received_at_ms)},
+                ":sequence": {"N": str(applied_sequence)},
+                ":expires_at": {"N": str(self._expires_at())},
+            },
         )
 
     def _update_if(self, key: str, update: str, condition: str, values: dict) -> bool:

@@ -3,7 +3,9 @@
 Shapes:
 - the MQTT event the IoT rule sends, which is also the project's buffer
   envelope: `{"payload_b64", "topic", "received_at_ms"}`, with `"source":
-  "kafka"`, `"partition"` and `"offset"` when it came from Kafka;
+  "kafka"`, `"partition"` and `"offset"` when it came from Kafka, and an
+  optional integer `"sequence"` that orders messages received in the same
+  millisecond (local_runner's buffer row id);
 - Lambda's on-failure destination record for an asynchronous invoke, whose
   `requestPayload` is the original MQTT event;
 - the IoT rule error-action record, whose `base64OriginalPayload` is the
@@ -23,7 +25,7 @@ from typing import Any
 from policy_sync import outcomes
 from policy_sync.outcomes import Outcome
 
-COORDINATE_FIELDS = ("topic", "partition", "offset", "source")
+COORDINATE_FIELDS = ("topic", "partition", "offset", "source", "sequence")
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,16 @@ class DecodedMessage:
     payload: bytes | None
     received_at_ms: int
     coordinates: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sequence(self) -> int:
+        """Return the tiebreaker for equal receive times: `sequence`, else a Kafka offset, else 0."""
+        for name in ("sequence", "offset"):
+            value = self.coordinates.get(name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                if name == "sequence" or self.coordinates.get("source") == "kafka":
+                    return value
+        return 0
 
 
 def build_envelope(payload: bytes, received_at_ms: int, topic: str, **coordinates: Any) -> dict[str, Any]:

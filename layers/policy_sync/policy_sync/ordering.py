@@ -1,8 +1,13 @@
 """The "last applied" store that keeps older assignments from overwriting newer ones.
 
-Per routing key and level it keeps the receive time of the last assignment
-that was applied (or found already in place), and a short-lived claim held
-by the invocation that is working on that level right now.
+Per routing key and level it keeps the position of the last assignment that
+was applied (or found already in place), and a short-lived claim held by the
+invocation that is working on that level right now.
+
+A position is the pair (receive time in ms, sequence). The sequence breaks
+ties between assignments received in the same millisecond: the Kafka offset
+(records of one level share a partition when keyed by routing key) or the
+SQLite buffer row id; 0 where the source has none, as for the IoT rule.
 """
 
 from __future__ import annotations
@@ -27,14 +32,24 @@ class ClaimResult(str, enum.Enum):
 class OrderingStore(Protocol):
     """Storage for per-level claims and last-applied receive times."""
 
-    def claim(self, routing_key: str, level: int, received_at_ms: int, owner: str) -> ClaimResult:
-        """Claim the level for `owner` unless a newer assignment was applied or another owner holds it.
+    def claim(self, routing_key: str, level: int, received_at_ms: int, owner: str, sequence: int = 0) -> ClaimResult:
+        """Claim the level for `owner` unless a later position was applied or another owner holds it.
 
-        An assignment received at the same millisecond as the last applied one
-        is granted, so that a redelivered duplicate ends as *unchanged*.
+        The same position as the last applied one is granted, so that a
+        redelivered duplicate ends as *unchanged*.
         """
         ...
 
-    def release(self, routing_key: str, level: int, owner: str, applied_received_at_ms: int | None) -> None:
-        """Drop `owner`'s claim; record `applied_received_at_ms` as last applied when not None."""
+    def release(
+        self,
+        routing_key: str,
+        level: int,
+        owner: str,
+        applied_received_at_ms: int | None,
+        applied_sequence: int = 0,
+    ) -> None:
+        """Drop `owner`'s claim; record the applied position when `applied_received_at_ms` is not None.
+
+        The recorded position never goes down.
+        """
         ...

@@ -24,19 +24,23 @@ def process_payload(
     received_at_ms: int,
     coordinates: dict[str, Any],
     runtime: Runtime,
+    sequence: int = 0,
 ) -> Outcome:
     """Turn one raw message into its outcome; a *rejected* one is stored as a dead letter first.
+
+    `sequence` breaks receive-time ties in the ordering store: the Kafka
+    offset or the buffer row id.
 
     If the dead letter cannot be stored the outcome becomes *retry*, so that
     nothing is acknowledged that is not kept somewhere.
     """
-    outcome = decide_outcome(payload, received_at_ms, runtime)
+    outcome = decide_outcome(payload, received_at_ms, runtime, sequence)
     if outcome.kind is OutcomeKind.REJECTED:
         outcome = store_dead_letter(payload, received_at_ms, coordinates, outcome, runtime)
     return outcome
 
 
-def decide_outcome(payload: bytes | None, received_at_ms: int, runtime: Runtime) -> Outcome:
+def decide_outcome(payload: bytes | None, received_at_ms: int, runtime: Runtime, sequence: int = 0) -> Outcome:
     """Map and sync one payload, without storing anything on rejection."""
     if payload is None:
         return outcomes.rejected(outcomes.NOT_JSON, "the message has no value (a Kafka tombstone)")
@@ -45,7 +49,7 @@ def decide_outcome(payload: bytes | None, received_at_ms: int, runtime: Runtime)
     if not isinstance(mapped, Assignment):
         return mapped
     try:
-        outcome = sync_assignment(mapped, runtime, received_at_ms)
+        outcome = sync_assignment(mapped, runtime, received_at_ms, sequence)
     except Exception as error:
         # A defect must not lose the message: retry it, and --max_retries or
         # the queue's maxReceiveCount moves it to the dead letters in the end.

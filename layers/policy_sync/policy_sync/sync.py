@@ -28,8 +28,12 @@ logger = logging.getLogger(__name__)
 CLAIM_BUSY_RETRY_AFTER_S = 1.0
 
 
-def sync_assignment(assignment: Assignment, runtime: Runtime, received_at_ms: int) -> Outcome:
-    """Make level `assignment.level` of the policy behind its routing key this user's alone."""
+def sync_assignment(assignment: Assignment, runtime: Runtime, received_at_ms: int, sequence: int = 0) -> Outcome:
+    """Make level `assignment.level` of the policy behind its routing key this user's alone.
+
+    `received_at_ms` and `sequence` are the message's position for the
+    ordering store (see `policy_sync.ordering`).
+    """
     context = {"routing_key": assignment.routing_key, "level": assignment.level}
     ordering = runtime.ordering
     if ordering is None:
@@ -37,13 +41,13 @@ def sync_assignment(assignment: Assignment, runtime: Runtime, received_at_ms: in
 
     owner = uuid.uuid4().hex
     try:
-        claim = ordering.claim(assignment.routing_key, assignment.level, received_at_ms, owner)
+        claim = ordering.claim(assignment.routing_key, assignment.level, received_at_ms, owner, sequence)
     except Exception as error:  # any storage failure means "try again later"
         logger.debug("ordering claim failed", exc_info=True)
         return outcomes.retry(outcomes.STORE_FAILED, f"ordering store claim failed: {type(error).__name__}: {error}", **context)
 
     if claim is ClaimResult.SUPERSEDED:
-        detail = f"an assignment received after {received_at_ms} ms was already applied to this level"
+        detail = f"an assignment received after this one ({received_at_ms} ms, sequence {sequence}) was already applied"
         return Outcome(OutcomeKind.SUPERSEDED, outcomes.NEWER_APPLIED, detail, **context)
     if claim is ClaimResult.BUSY:
         return outcomes.retry(
@@ -60,7 +64,9 @@ def sync_assignment(assignment: Assignment, runtime: Runtime, received_at_ms: in
     finally:
         is_in_place = outcome is not None and outcome.kind in (OutcomeKind.APPLIED, OutcomeKind.UNCHANGED)
         try:
-            ordering.release(assignment.routing_key, assignment.level, owner, received_at_ms if is_in_place else None)
+            ordering.release(
+                assignment.routing_key, assignment.level, owner, received_at_ms if is_in_place else None, sequence
+            )
         except Exception:
             # The level is already updated and cannot be rolled back; the claim
             # expires after CLAIM_TTL_S. Until then this level reports busy.
