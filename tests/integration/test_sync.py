@@ -284,3 +284,12 @@ def test_deleted_cached_user_is_looked_up_again(emulator, database):
     assert outcome.kind is OutcomeKind.APPLIED
     assert [status for method, _, status in api_calls(emulator) if method == "PUT"] == [400, 200]
     assert runtime.user_cache.get("oncall@example.com") == 1
+
+
+def test_unknown_user_detail_never_contains_email(emulator, database):
+    runtime = make_runtime(emulator, database)
+
+    outcome = sync_assignment(Assignment("Nobody.Here@Example.com", "powerplant", 1), runtime, now_ms())
+
+    assert outcome.reason == outcomes.UNKNOWN_USER
+    assert "nobody.here@example.com" not in outcome.detail.lower()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.utils
 import enum
+import re
 import time
 from typing import Any
 
@@ -133,7 +134,15 @@ class IlertClient:
 
     def find_user_id(self, email_address: str) -> int:
         """Return the id of the user with this email (POST /api/users/search-email)."""
-        user = self._call(Call.SEARCH_USER, "POST", "/api/users/search-email", json_body={"email": email_address})
+        # The API's error text may quote the email, which is personal data and
+        # must not reach an outcome detail logged above debug level.
+        user = self._call(
+            Call.SEARCH_USER,
+            "POST",
+            "/api/users/search-email",
+            json_body={"email": email_address},
+            redact=email_address,
+        )
         user_id = user.get("id") if isinstance(user, dict) else None
         if not _is_int(user_id):
             raise self._bad_response(Call.SEARCH_USER, "the user has no integer id")
@@ -172,6 +181,7 @@ class IlertClient:
         params: dict | None = None,
         json_body: Any = None,
         allow_empty: bool = False,
+        redact: str | None = None,
     ) -> Any:
         try:
             response = self._session.request(
@@ -194,7 +204,7 @@ class IlertClient:
 
         kind, reason = classify_status(response.status_code, call)
         if kind is not None:
-            raise IlertCallFailed(self._failure_outcome(call, response, kind, reason), response.status_code)
+            raise IlertCallFailed(self._failure_outcome(call, response, kind, reason, redact), response.status_code)
         if allow_empty and not response.content:
             return None
         try:
@@ -203,8 +213,10 @@ class IlertClient:
             raise self._bad_response(call, f"HTTP {response.status_code} with a body that is not JSON") from None
 
     @staticmethod
-    def _failure_outcome(call: Call, response: requests.Response, kind: OutcomeKind, reason: str) -> Outcome:
-        detail = f"{call.value}: HTTP {response.status_code}: {_api_message(response)}"
+    def _failure_outcome(
+        call: Call, response: requests.Response, kind: OutcomeKind, reason: str, redact: str | None
+    ) -> Outcome:
+        detail = f"{call.value}: HTTP {response.status_code}: {_api_message(response, redact)}"
         if reason == outcomes.AUTH_FAILED:
             detail += "; check the ilert API key (it may be wrong, expired or lack permission)"
         retry_after_s = parse_retry_after(response.headers.get("Retry-After"))
@@ -219,8 +231,12 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _api_message(response: requests.Response) -> str:
-    """Return the API's error message from a JSON error body, else the start of the body."""
+def _api_message(response: requests.Response, redact: str | None = None) -> str:
+    """Return the API's error message from a JSON error body, else the start of the body.
+
+    Occurrences of `redact` are replaced before blanks are collapsed, so an
+    email with unusual blanks in it is still found.
+    """
     try:
         body = response.json()
     except ValueError:
@@ -229,6 +245,8 @@ def _api_message(response: requests.Response) -> str:
         text = body["message"]
     else:
         text = response.text or response.reason or ""
+    if redact:
+        text = re.sub(re.escape(redact), "<email>", text, flags=re.IGNORECASE)
     text = " ".join(text.split())
     return text[:API_MESSAGE_MAX_CHARS] or "(no message)"
 
