@@ -67,8 +67,8 @@ python=.venv/bin/python
 # 2. Mosquitto.
 if ! command -v mosquitto >/dev/null 2>&1 && [[ ! -x /usr/sbin/mosquitto ]] \
     || ! command -v mosquitto_passwd >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; then
-    log "installing the brokers (scripts/install-services.sh)"
-    scripts/install-services.sh
+    log "installing Mosquitto (scripts/install-services.sh mosquitto)"
+    scripts/install-services.sh mosquitto
 fi
 if ! scripts/services.sh status mosquitto >/dev/null 2>&1; then
     log "starting Mosquitto on 127.0.0.1:$mqtt_port"

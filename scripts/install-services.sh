@@ -4,6 +4,9 @@
 # broker from Maven Central. Safe to run again: each step is skipped when its
 # result is already there.
 #
+# Usage: scripts/install-services.sh [all|mosquitto]   (default all; `mosquitto`
+# skips Java, Maven and the Kafka jars, which is all the demo needs)
+#
 # Environment:
 #   POLICY_SYNC_CACHE          cache folder (default ~/.cache/policy-sync)
 #   POLICY_SYNC_KAFKA_VERSION  Kafka version to resolve (default 4.4.0)
@@ -17,6 +20,14 @@ cache_dir="${POLICY_SYNC_CACHE:-$HOME/.cache/policy-sync}"
 kafka_version="${POLICY_SYNC_KAFKA_VERSION:-4.4.0}"
 kafka_home="$cache_dir/kafka-$kafka_version"
 kafka_libs="$kafka_home/libs"
+target="${1:-all}"
+case "$target" in
+    all | mosquitto) ;;
+    *)
+        echo "usage: scripts/install-services.sh [all|mosquitto]" >&2
+        exit 2
+        ;;
+esac
 
 log() {
     echo "install-services: $*" >&2
@@ -29,8 +40,10 @@ install_debian_packages() {
     command -v mosquitto >/dev/null 2>&1 || [[ -x /usr/sbin/mosquitto ]] || missing+=(mosquitto)
     command -v mosquitto_passwd >/dev/null 2>&1 || missing+=(mosquitto)
     command -v openssl >/dev/null 2>&1 || missing+=(openssl)
-    command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
-    command -v mvn >/dev/null 2>&1 || missing+=(maven)
+    if [[ "$target" == all ]]; then
+        command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
+        command -v mvn >/dev/null 2>&1 || missing+=(maven)
+    fi
 
     if ((${#missing[@]} == 0)); then
         log "Debian packages already installed"
@@ -85,5 +98,7 @@ install_kafka_jars() {
 }
 
 install_debian_packages
-install_kafka_jars
+if [[ "$target" == all ]]; then
+    install_kafka_jars
+fi
 log "done"
