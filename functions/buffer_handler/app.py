@@ -1,9 +1,9 @@
 """Lambda handler for the SQS buffer queue (ReportBatchItemFailures).
 
 A *retry* stays on the queue with a visibility timeout that doubles per
-receive up to 60 s (the same curve as local_runner's SQLite buffer, longer
-when the API sent Retry-After); after the queue's maxReceiveCount receives,
-SQS moves it to the dead-letter queue. A message that can never succeed is
+receive up to 60 s. That is the same curve as local_runner's SQLite buffer,
+and longer when the API sent Retry-After. After the queue's maxReceiveCount
+receives, SQS moves the message to the dead-letter queue. A message that can never succeed is
 written to the dead-letter queue with its reason at once and deleted.
 """
 

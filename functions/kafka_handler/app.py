@@ -2,8 +2,8 @@
 
 Within a partition, records are processed in offset order. After the first
 record whose outcome is *retry*, the rest of that partition is reported as
-failed without being processed, so Lambda (or local_runner) never commits an
-offset past it; other partitions go on. When the remaining invocation time
+failed without being processed. Lambda (or local_runner) thus never commits
+an offset past it. Other partitions go on. When the remaining invocation time
 drops below REMAINING_TIME_RESERVE_MS, no new record is started and the rest
 are reported as failed. The failure identifier is the one Powertools' Kafka
 batch support builds: `{"partition": "<topic>-<partition>", "offset": N}`.

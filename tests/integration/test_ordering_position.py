@@ -1,8 +1,8 @@
 """Both ordering stores break receive-time ties with the sequence (Kafka offset or buffer row id).
 
-Records produced in one burst often share a millisecond; without the
+Records produced in one burst often share a millisecond. Without the
 sequence, a redelivered older record with the same timestamp as the last
-applied one would be granted and would overwrite the newer assignment.
+applied one would be granted, and it would overwrite the newer assignment.
 """
 
 from __future__ import annotations

@@ -87,8 +87,8 @@ def decode_envelope(event: Any, fallback_received_at_ms: int | None = None) -> D
 def decode_buffer_body(body: str, sent_at_ms: int) -> DecodedMessage | Outcome:
     """Decode an SQS buffer message body of any of the accepted shapes.
 
-    `sent_at_ms` (the SQS SentTimestamp) stands in for the receive time when
-    the shape carries none, as the IoT error-action record does.
+    `sent_at_ms` (the SQS SentTimestamp) replaces the receive time when the
+    shape has none, as with the IoT error-action record.
     """
     try:
         message = json.loads(body)

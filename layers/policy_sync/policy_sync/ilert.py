@@ -1,7 +1,7 @@
 """The ilert REST client: three calls, one status classifier, errors as outcomes.
 
 Every failure leaves this module as `IlertCallFailed`, which carries the
-*retry* or *rejected* outcome the answer means. Exceptions from requests are
+*retry* or *rejected* outcome that the HTTP status or error implies. Exceptions from requests are
 translated here and nowhere else. The API key is sent in the Authorization
 header only; it never appears in an exception text.
 """
@@ -32,7 +32,7 @@ API_MESSAGE_MAX_CHARS = 300
 
 
 class Call(str, enum.Enum):
-    """The API calls the client makes; the classifier needs to know which one answered."""
+    """The API calls the client makes; a 404 means something different for each."""
 
     SEARCH_USER = "search_user"
     RESOLVE_POLICY = "resolve_policy"
@@ -46,7 +46,7 @@ def classify_status(status: int, call: Call) -> tuple[OutcomeKind | None, str | 
     401 and 403 are retried because a bad key must not throw away every
     update while an operator fixes it. 408, 429 and 5xx are transient.
     Any other 4xx is the API rejecting the request as sent. Informational
-    and redirect answers are unexpected here and are retried.
+    and redirect statuses are unexpected here and are retried.
     """
     if 200 <= status < 300:
         return None, None
@@ -81,7 +81,7 @@ def parse_retry_after(value: str | None, now_s: float | None = None) -> float | 
 
 
 class IlertCallFailed(Exception):
-    """An API call that did not succeed; `outcome` says whether to retry or reject."""
+    """An API call that did not succeed; `outcome` tells the caller whether to retry or reject."""
 
     def __init__(self, outcome: Outcome, status: int | None = None):
         super().__init__(f"{outcome.kind.value} ({outcome.reason}): {outcome.detail}")

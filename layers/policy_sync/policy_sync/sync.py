@@ -1,9 +1,9 @@
 """Apply one assignment in ilert: resolve user and policy, check the level, skip no-ops, PUT.
 
-The ordering store is claimed before any API call, so that an assignment
-received earlier than the last applied one for the same routing key and
-level ends as *superseded* and two invocations never update one level at
-the same time.
+The ordering store is claimed before any API call. An assignment received
+earlier than the last applied one for the same routing key and level thus
+ends as *superseded*, and two invocations never update one level at the
+same time.
 """
 
 from __future__ import annotations
