@@ -1,7 +1,7 @@
 """The fault scenarios of tests/fault at CI size: nothing lost, nothing applied out of order, no dead letters.
 
 Each scenario runs the daemon in every consumer mode at once against real
-brokers and the emulator; tests/fault/scenarios.py describes the cases and
+brokers and the emulator. tests/fault/scenarios.py describes the cases, and
 `python -m tests.fault.run --size full` runs them at full size.
 """
 
