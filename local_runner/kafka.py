@@ -35,6 +35,11 @@ READINESS_NAME = "kafka"
 MAX_POLL_RECORDS = 100
 MAX_POLL_INTERVAL_MS = 300_000
 POLL_TIMEOUT_MS = 1_000
+# kafka-python's default session timeout is 45 s: a daemon restarted after a
+# crash would wait that long for the group to expire its old member. 10 s is
+# above the broker's default group.min.session.timeout.ms (6 s).
+SESSION_TIMEOUT_MS = 10_000
+HEARTBEAT_INTERVAL_MS = 3_000
 
 # Budget of one handler call. The handler stops taking new records when less
 # than its reserve (10 s by default) is left, so one batch ends well within
@@ -108,8 +113,9 @@ class KafkaRunner(ConsumerRebalanceListener):
         self._consumer: KafkaConsumer | None = None
         # Paused partition -> monotonic time when it is resumed.
         self._paused_until: dict[TopicPartition, float] = {}
-        # Partition -> consecutive batches that ended in a failure.
+        # Partition -> consecutive batches that failed at the same offset, and that offset.
         self._failures: dict[TopicPartition, int] = {}
+        self._failed_offsets: dict[TopicPartition, int] = {}
         self._thread = threading.Thread(target=self._run, name="kafka", daemon=True)
         readiness.register(READINESS_NAME)
 
@@ -133,6 +139,7 @@ class KafkaRunner(ConsumerRebalanceListener):
             for partition in revoked:
                 self._paused_until.pop(partition, None)
                 self._failures.pop(partition, None)
+                self._failed_offsets.pop(partition, None)
             self._readiness.set(READINESS_NAME, False)
             logger.info("Kafka partitions revoked", extra={"partitions": format_partitions(revoked)})
         except Exception:
@@ -174,9 +181,12 @@ class KafkaRunner(ConsumerRebalanceListener):
             auto_offset_reset="earliest",
             max_poll_records=MAX_POLL_RECORDS,
             max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
+            session_timeout_ms=SESSION_TIMEOUT_MS,
+            heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
         )
         self._paused_until.clear()
         self._failures.clear()
+        self._failed_offsets.clear()
         self._consumer.subscribe([options.topic], listener=self)
         while not self._stop_event.is_set():
             self._resume_due_partitions()
@@ -218,6 +228,7 @@ class KafkaRunner(ConsumerRebalanceListener):
             if first_failed is None:
                 offsets[partition] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
                 self._failures.pop(partition, None)
+                self._failed_offsets.pop(partition, None)
                 continue
             if first_failed > records[0].offset:
                 offsets[partition] = OffsetAndMetadata(first_failed, "", -1)
@@ -228,12 +239,19 @@ class KafkaRunner(ConsumerRebalanceListener):
     def _back_off(self, partition: TopicPartition, offset: int) -> None:
         """Seek back to the failed record and pause the partition for a backoff that doubles up to 60 s.
 
+        The backoff doubles only while the partition keeps failing at the same
+        offset. A failure further on means the records before it went
+        through, so the count starts again and a flaky API does not park a
+        partition that is making progress at the 60 s cap.
         A shutdown in the middle of a batch also reports the rest as failed.
         Then only the seek is needed, because the consumer closes after the commit.
         """
         self._consumer.seek(partition, offset)
         if self._stop_event.is_set():
             return
+        if offset > self._failed_offsets.get(partition, -1):
+            self._failures.pop(partition, None)
+        self._failed_offsets[partition] = offset
         failures = self._failures.get(partition, 0) + 1
         self._failures[partition] = failures
         wait_s = backoff_delay_s(failures)

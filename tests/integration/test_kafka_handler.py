@@ -15,7 +15,7 @@ import pytest
 import kafka_handler.app as kafka_app
 from local_runner.store import Database, SqliteDeadLetterSink, SqliteOrderingStore
 from policy_sync import runtime as runtime_module
-from policy_sync.ilert import IlertClient
+from policy_sync.ilert import DEFAULT_CALL_ATTEMPTS, IlertClient
 from policy_sync.runtime import Runtime
 from policy_sync.settings import Settings
 from policy_sync.user_cache import UserCache
@@ -100,7 +100,7 @@ def failures(response):
 
 
 def test_failure_identifier_is_topic_partition_and_offset(emulator, installed_runtime):
-    emulator.add_fault(status=503, count=1)
+    emulator.add_fault(status=503, count=DEFAULT_CALL_ATTEMPTS)
 
     response = kafka_app.lambda_handler(msk_event(record(0, 41, assignment("powerplant", "oncall@example.com", 1))), Context())
 
@@ -108,7 +108,7 @@ def test_failure_identifier_is_topic_partition_and_offset(emulator, installed_ru
 
 
 def test_retry_holds_back_rest_of_partition_only(emulator, installed_runtime):
-    emulator.add_fault(status=503, count=1, method="PUT")
+    emulator.add_fault(status=503, count=DEFAULT_CALL_ATTEMPTS, method="PUT")
     event = msk_event(
         record(0, 10, assignment("powerplant", "oncall@example.com", 0)),
         record(0, 11, assignment("powerplantthree50", "oncall@example.com", 0)),
@@ -189,9 +189,9 @@ def test_same_batch_twice_changes_level_once(emulator, installed_runtime):
 @pytest.mark.parametrize("concurrency", ["1", "4"])
 def test_lanes_keep_level_order_and_partition_rule(emulator, installed_runtime, monkeypatch, concurrency):
     monkeypatch.setenv("CONCURRENCY", concurrency)
-    # The first PUT of level 0 fails: its lane stops, the later assignment for the
+    # The first PUT of level 0 fails on every attempt: its lane stops, the later assignment for the
     # same level is not started, and both are reported with the rest of partition 0.
-    emulator.add_fault(status=503, count=1, method="PUT", path_prefix="/api/escalation-policies/10/levels/0")
+    emulator.add_fault(status=503, count=DEFAULT_CALL_ATTEMPTS, method="PUT", path_prefix="/api/escalation-policies/10/levels/0")
     event = msk_event(
         record(0, 1, assignment("powerplant", "oncall@example.com", 0)),
         record(0, 2, assignment("powerplantthree50", "oncall@example.com", 1)),
@@ -202,8 +202,13 @@ def test_lanes_keep_level_order_and_partition_rule(emulator, installed_runtime, 
     response = kafka_app.lambda_handler(event, Context())
 
     assert failures(response) == [(f"{TOPIC}-0", 1), (f"{TOPIC}-0", 2), (f"{TOPIC}-0", 3)]
-    puts = [entry["path"] for entry in emulator.journal() if entry["method"] == "PUT"]
-    assert puts.count("/api/escalation-policies/10/levels/0") == 1
+    level_0_put_users = [
+        entry["body"]["users"][0]["id"]
+        for entry in emulator.journal()
+        if entry["method"] == "PUT" and entry["path"] == "/api/escalation-policies/10/levels/0"
+    ]
+    # Only the first record's attempts: the later assignment for level 0 never started.
+    assert level_0_put_users == [1] * DEFAULT_CALL_ATTEMPTS
     assert [user["id"] for user in emulator.level("powerplant", 0)["users"]] == [3]
     assert [user["id"] for user in emulator.level("powerplantthree50", 0)["users"]] == [3]
 

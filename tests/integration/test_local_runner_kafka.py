@@ -10,6 +10,7 @@ import pytest
 from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 
 from ilert_emulator.testing import EmulatorProcess, make_seed
+from policy_sync.ilert import DEFAULT_CALL_ATTEMPTS
 from local_runner.testing import RunnerProcess
 from tests.services import create_topic, kafka_bootstrap, require_kafka, wait_until
 
@@ -149,7 +150,7 @@ def test_older_record_never_overwrites_newer(emulator, tmp_path):
     topic, group_id = unique("user-logins"), unique("ilagent")
     create_topic(topic, partitions=1)
     older = {**LOGIN_PAYLOAD, "user": {"info": {"email": "plant.manager@example.com"}}}
-    emulator.add_fault(status=503, count=2, method="PUT")
+    emulator.add_fault(status=503, count=2 * DEFAULT_CALL_ATTEMPTS, method="PUT")
     with RunnerProcess(ilagent_args(topic, group_id, emulator.url), tmp_path / "ilagent.db3", API_KEY) as runner:
         runner.wait_ready()
         produce(topic, [older, LOGIN_PAYLOAD])

@@ -12,6 +12,7 @@ import requests
 from paho.mqtt.enums import CallbackAPIVersion
 
 from ilert_emulator.testing import EmulatorProcess, make_seed
+from policy_sync.ilert import DEFAULT_CALL_ATTEMPTS
 from local_runner.testing import RunnerProcess, free_port
 from tests.services import (
     MQTT_PASSWORD,
@@ -162,7 +163,8 @@ def test_retry_after_api_errors_succeeds(emulator, tmp_path, buffered):
 
 def test_direct_retry_reconnects_for_redelivery(emulator, tmp_path):
     topic, client_id = unique("user/logins"), unique("ilagent")
-    emulator.add_fault(status=503, count=1)
+    # Every attempt of the first call fails, so the message ends as retry.
+    emulator.add_fault(status=503, count=DEFAULT_CALL_ATTEMPTS)
     args = ilagent_args(topic, client_id, emulator.url, buffered=False)
     with RunnerProcess(args, tmp_path / "ilagent.db3", API_KEY) as runner:
         runner.wait_ready()
@@ -264,9 +266,9 @@ def test_older_assignment_never_overwrites_newer(emulator, tmp_path, buffered):
     topic, client_id = unique("user/logins"), unique("ilagent")
     older = {**LOGIN_PAYLOAD, "data": {"email": "plant.manager@example.com", "shift": "2"}}
     newer = LOGIN_PAYLOAD
-    # The first two PUTs fail: the older assignment must wait, and the newer
-    # one behind it, until the older one is through.
-    emulator.add_fault(status=503, count=2, method="PUT")
+    # The first two PUT retries fail: the older assignment must wait, and the
+    # newer one behind it, until the older one is through.
+    emulator.add_fault(status=503, count=2 * DEFAULT_CALL_ATTEMPTS, method="PUT")
     args = ilagent_args(topic, client_id, emulator.url, buffered)
     with RunnerProcess(args, tmp_path / "ilagent.db3", API_KEY) as runner:
         runner.wait_ready()
@@ -364,4 +366,5 @@ def test_buffered_message_past_max_retries_becomes_dead_letter(emulator, tmp_pat
     assert "2 attempts" in detail
     assert "api_unavailable" in detail
     assert json.loads(payload) == LOGIN_PAYLOAD
-    assert [entry["status"] for entry in emulator.journal()] == [503, 503]
+    # Two attempts of the message, each repeating the first call DEFAULT_CALL_ATTEMPTS times.
+    assert [entry["status"] for entry in emulator.journal()] == [503] * 2 * DEFAULT_CALL_ATTEMPTS

@@ -9,7 +9,7 @@ import pytest
 
 from local_runner.store import Database, SqliteDeadLetterSink, SqliteOrderingStore
 from policy_sync import outcomes
-from policy_sync.ilert import IlertCallFailed, IlertClient, USER_AGENT
+from policy_sync.ilert import DEFAULT_CALL_ATTEMPTS, USER_AGENT, IlertCallFailed, IlertClient
 from policy_sync.mapping import Assignment
 from policy_sync.outcomes import OutcomeKind
 from policy_sync.pipeline import process_payload
@@ -175,9 +175,9 @@ def test_429_with_retry_after_is_retry(emulator, database):
     assert emulator.level("powerplant", 1)["users"][0]["id"] == 2
 
 
-def test_500_on_put_is_retry_then_applies(emulator, database):
+def test_500_on_every_attempt_is_retry_then_applies(emulator, database):
     runtime = make_runtime(emulator, database)
-    emulator.add_fault(status=500, count=1, method="PUT")
+    emulator.add_fault(status=500, count=DEFAULT_CALL_ATTEMPTS, method="PUT")
     assignment = Assignment("oncall@example.com", "powerplant", 1)
 
     first = sync_assignment(assignment, runtime, now_ms())
@@ -186,12 +186,44 @@ def test_500_on_put_is_retry_then_applies(emulator, database):
     assert first.kind is OutcomeKind.RETRY
     assert first.reason == outcomes.API_UNAVAILABLE
     assert second.kind is OutcomeKind.APPLIED
-    assert [status for method, _, status in api_calls(emulator) if method == "PUT"] == [500, 200]
+    put_statuses = [status for method, _, status in api_calls(emulator) if method == "PUT"]
+    assert put_statuses == [500] * DEFAULT_CALL_ATTEMPTS + [200]
+
+
+def test_single_503_is_repeated_within_sync(emulator, database):
+    runtime = make_runtime(emulator, database)
+    emulator.add_fault(status=503, count=1)
+
+    outcome = sync_assignment(Assignment("oncall@example.com", "powerplant", 1), runtime, now_ms())
+
+    assert outcome.kind is OutcomeKind.APPLIED
+    assert api_calls(emulator)[:2] == [
+        ("POST", "/api/users/search-email", 503),
+        ("POST", "/api/users/search-email", 200),
+    ]
+
+
+def test_short_retry_after_is_waited_within_sync(emulator, database):
+    runtime = make_runtime(emulator, database)
+    emulator.add_fault(status=429, retry_after=1, count=1)
+
+    outcome = sync_assignment(Assignment("oncall@example.com", "powerplant", 1), runtime, now_ms())
+
+    assert outcome.kind is OutcomeKind.APPLIED
+    assert [status for _, _, status in api_calls(emulator)] == [429, 200, 200, 200]
+
+
+def test_not_found_is_not_repeated(emulator, database):
+    runtime = make_runtime(emulator, database)
+
+    sync_assignment(Assignment("nobody@example.com", "powerplant", 1), runtime, now_ms())
+
+    assert len(api_calls(emulator)) == 1
 
 
 def test_dropped_connection_is_retry(emulator, database):
     runtime = make_runtime(emulator, database)
-    emulator.add_fault(drop_connection=True, count=1)
+    emulator.add_fault(drop_connection=True, count=DEFAULT_CALL_ATTEMPTS)
 
     outcome = sync_assignment(Assignment("oncall@example.com", "powerplant", 1), runtime, now_ms())
 

@@ -30,6 +30,17 @@ USER_AGENT = f"policy-sync/{__version__}"
 RETRY_AFTER_MAX_S = 3600.0
 API_MESSAGE_MAX_CHARS = 300
 
+# Attempts of one call within a single sync, for answers that are usually
+# brief: 5xx, 408, 429 and a refused or reset connection. Timeouts are not
+# repeated, because three read timeouts in a row would outlast a Lambda
+# invocation. The waits double from CALL_RETRY_FIRST_WAIT_S; a Retry-After
+# above CALL_RETRY_MAX_WAIT_S ends the attempts, and the message's own retry
+# (buffer, Kafka seek-back, Lambda) waits for it instead.
+DEFAULT_CALL_ATTEMPTS = 3
+CALL_RETRY_FIRST_WAIT_S = 0.25
+CALL_RETRY_MAX_WAIT_S = 2.0
+REPEATABLE_REASONS = frozenset({outcomes.API_UNAVAILABLE, outcomes.CONNECTION_FAILED})
+
 
 class Call(str, enum.Enum):
     """The API calls the client makes; a 404 means something different for each."""
@@ -99,6 +110,7 @@ class IlertClient:
         *,
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
+        call_attempts: int = DEFAULT_CALL_ATTEMPTS,
         session: requests.Session | None = None,
     ):
         key = api_key.strip()
@@ -108,6 +120,7 @@ class IlertClient:
             raise ValueError("the ilert API key is empty; set ILERT_API_KEY or the API key secret")
         self.base_url = base_url.rstrip("/")
         self.timeout_s = (connect_timeout_s, read_timeout_s)
+        self.call_attempts = max(1, call_attempts)
         self._session = session or self._new_session()
         self._headers = {
             "Authorization": f"Bearer {key}",
@@ -182,6 +195,38 @@ class IlertClient:
         json_body: Any = None,
         allow_empty: bool = False,
         redact: str | None = None,
+    ) -> Any:
+        """Make one API call, repeating it briefly on a transient failure; raise IlertCallFailed."""
+        for attempt in range(1, self.call_attempts + 1):
+            try:
+                return self._call_once(call, method, path, params, json_body, allow_empty, redact)
+            except IlertCallFailed as failure:
+                wait_s = self._repeat_wait_s(failure.outcome, attempt)
+                if wait_s is None:
+                    raise
+            time.sleep(wait_s)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _repeat_wait_s(self, outcome: Outcome, attempt: int) -> float | None:
+        """Return how long to wait before the next attempt, or None when the failure is final here."""
+        if attempt >= self.call_attempts or outcome.reason not in REPEATABLE_REASONS:
+            return None
+        wait_s = CALL_RETRY_FIRST_WAIT_S * 2 ** (attempt - 1)
+        if outcome.retry_after_s is not None:
+            if outcome.retry_after_s > CALL_RETRY_MAX_WAIT_S:
+                return None
+            wait_s = max(wait_s, outcome.retry_after_s)
+        return min(wait_s, CALL_RETRY_MAX_WAIT_S)
+
+    def _call_once(
+        self,
+        call: Call,
+        method: str,
+        path: str,
+        params: dict | None,
+        json_body: Any,
+        allow_empty: bool,
+        redact: str | None,
     ) -> Any:
         try:
             response = self._session.request(
