@@ -368,3 +368,30 @@ def test_buffered_message_past_max_retries_becomes_dead_letter(emulator, tmp_pat
     assert json.loads(payload) == LOGIN_PAYLOAD
     # Two attempts of the message, each repeating the first call DEFAULT_CALL_ATTEMPTS times.
     assert [entry["status"] for entry in emulator.journal()] == [503] * 2 * DEFAULT_CALL_ATTEMPTS
+
+
+def test_failed_buffer_write_withholds_ack_until_it_succeeds(emulator, tmp_path):
+    topic, client_id = unique("user/logins"), unique("ilagent")
+    db_file = tmp_path / "ilagent.db3"
+    args = ilagent_args(topic, client_id, emulator.url, buffered=True)
+    with RunnerProcess(args, db_file, API_KEY) as runner:
+        runner.wait_ready()
+        # Another process holds the write lock longer than the daemon's busy
+        # timeout, so the insert fails as it would on a full or read-only disk.
+        blocker = sqlite3.connect(db_file, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            publish(topic, [LOGIN_PAYLOAD])
+            wait_until(
+                lambda: "could not write the MQTT message to the buffer" in runner.output(),
+                APPLY_TIMEOUT_S,
+                f"the failed insert was never reported; output:\n{runner.output()[-3000:]}",
+            )
+            assert level_user_ids(emulator, "powerplantthree50", 1) != [ONCALL_USER_ID]
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+
+        # The message was not acknowledged, so the broker delivers it again.
+        wait_for_level(emulator, "powerplantthree50", 1, [ONCALL_USER_ID], runner)
+        assert runner.stop() == 0
