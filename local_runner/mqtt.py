@@ -181,8 +181,9 @@ class MqttConsumer:
 
     def _on_connect_fail(self, client: mqtt.Client, userdata) -> None:
         try:
+            # paho passes no reason to this callback; its own log (-vvv) has the socket error.
             logger.warning(
-                "MQTT connection failed; paho retries with backoff",
+                "MQTT connection failed (broker down, refused or unreachable); paho retries with backoff",
                 extra={"host": self._options.host, "port": self._options.port},
             )
             self._readiness.set(READINESS_NAME, False)

@@ -13,7 +13,9 @@
 # so that shift "1" in the message is level 1, the level printed before and
 # after. With ilagent's --shift_offset=-1, shift 1 would be level 0.
 #
-# Environment: POLICY_SYNC_MQTT_PORT (Mosquitto, default 18830),
+# Environment: POLICY_SYNC_MQTT_PORT (Mosquitto, default 18830), and its TLS
+# and password listeners POLICY_SYNC_MQTT_TLS_PORT (18831) and
+# POLICY_SYNC_MQTT_AUTH_PORT (18832), which the demo starts too;
 # DEMO_HEALTH_PORT (the daemon's /ready, default 18980).
 set -euo pipefail
 

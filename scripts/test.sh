@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need, starts Mosquitto and Kafka,
-# runs every test, and stops the brokers again. Extra arguments go to pytest.
+# The test command: installs what the tests need, starts Mosquitto and Kafka
+# unless they run already, runs every test, and stops the brokers it started.
+# Extra arguments go to pytest; a subset still gets the whole setup.
 #
 #   scripts/test.sh                 # everything CI runs
 #   scripts/test.sh tests/unit -x   # a subset
@@ -13,18 +14,22 @@ scripts/bootstrap.sh
 scripts/install-services.sh
 scripts/install-sam.sh
 
-started_services=0
+# Start the brokers that are not running, and stop only those at the end.
+started_services=()
 stop_services() {
-    if [[ "$started_services" == 1 ]]; then
-        scripts/services.sh stop all || true
-    fi
+    local service
+    for service in "${started_services[@]}"; do
+        scripts/services.sh stop "$service" || true
+    done
 }
 trap stop_services EXIT
 
-if ! scripts/services.sh status all >/dev/null 2>&1; then
-    started_services=1
-    scripts/services.sh start all
-fi
+for service in mosquitto kafka; do
+    if ! scripts/services.sh status "$service" >/dev/null 2>&1; then
+        scripts/services.sh start "$service"
+        started_services+=("$service")
+    fi
+done
 
 set +e
 .venv/bin/python -m pytest "$@"
