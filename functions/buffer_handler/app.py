@@ -14,7 +14,6 @@ import re
 
 import boto3
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
@@ -22,7 +21,7 @@ from policy_sync import runtime as runtime_module
 from policy_sync.backoff import backoff_delay_s
 from policy_sync.envelope import decode_buffer_body
 from policy_sync.outcomes import Outcome, RetryLater
-from policy_sync.pipeline import log_outcome, process_payload, store_dead_letter
+from policy_sync.pipeline import count_outcome, log_outcome, process_payload, store_dead_letter
 
 SERVICE_NAME = os.environ.get("POWERTOOLS_SERVICE_NAME", "policy-sync")
 logger = Logger(service=SERVICE_NAME)
@@ -52,7 +51,7 @@ def lambda_handler(event: dict, context) -> dict:
             outcome = process_payload(decoded.payload, decoded.received_at_ms, coordinates, runtime, decoded.sequence)
 
         log_outcome(logger, outcome, coordinates)
-        metrics.add_metric(name=outcome.kind.value, unit=MetricUnit.Count, value=1)
+        count_outcome(metrics, outcome.kind.value)
         if not outcome.is_acknowledged:
             delay_visibility(record, outcome)
             raise RetryLater(outcome)

@@ -22,7 +22,6 @@ import binascii
 import os
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.kafka_event import KafkaEventRecord
 
@@ -30,7 +29,7 @@ from policy_sync import outcomes
 from policy_sync import runtime as runtime_module
 from policy_sync.lanes import lane_key, plan_lanes, run_lanes
 from policy_sync.outcomes import Outcome, RetryLater
-from policy_sync.pipeline import log_outcome, process_payload
+from policy_sync.pipeline import count_outcome, log_outcome, process_payload
 
 SERVICE_NAME = os.environ.get("POWERTOOLS_SERVICE_NAME", "policy-sync")
 DEFAULT_REMAINING_TIME_RESERVE_MS = 10_000
@@ -76,7 +75,7 @@ def lambda_handler(event: dict, context) -> dict:
             held_back.setdefault(partition_id, []).append(record.offset)
             raise RecordHeldBack(partition_id)
 
-        metrics.add_metric(name=outcome.kind.value, unit=MetricUnit.Count, value=1)
+        count_outcome(metrics, outcome.kind.value)
         if not outcome.is_acknowledged:
             blocked_partitions[partition_id] = outcomes.BLOCKED_BY_EARLIER
             raise RetryLater(outcome)
@@ -176,4 +175,4 @@ def log_held_back(held_back: dict[str, list[int]], reasons: dict[str, str]) -> N
                 "count": len(offsets),
             },
         )
-        metrics.add_metric(name="retry", unit=MetricUnit.Count, value=len(offsets))
+        count_outcome(metrics, "retry", len(offsets))

@@ -11,12 +11,11 @@ from __future__ import annotations
 import os
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.metrics import MetricUnit
 
 from policy_sync import runtime as runtime_module
 from policy_sync.envelope import decode_envelope
 from policy_sync.outcomes import Outcome, RetryLater
-from policy_sync.pipeline import log_outcome, process_payload, store_dead_letter
+from policy_sync.pipeline import count_outcome, log_outcome, process_payload, store_dead_letter
 
 SERVICE_NAME = os.environ.get("POWERTOOLS_SERVICE_NAME", "policy-sync")
 logger = Logger(service=SERVICE_NAME)
@@ -41,7 +40,7 @@ def lambda_handler(event: dict, context) -> dict:
         outcome = process_payload(decoded.payload, decoded.received_at_ms, coordinates, runtime, decoded.sequence)
 
     log_outcome(logger, outcome, coordinates)
-    metrics.add_metric(name=outcome.kind.value, unit=MetricUnit.Count, value=1)
+    count_outcome(metrics, outcome.kind.value)
     if not outcome.is_acknowledged:
         raise RetryLater(outcome)
     return {"outcome": outcome.kind.value, "reason": outcome.reason}

@@ -82,6 +82,16 @@ def test_mqtt_seed_event_is_applied(environment, ilert):
     assert user_ids(ilert.level("powerplant", 1)) == [ONCALL_USER_ID]
 
 
+def test_mqtt_outcome_is_one_cloudwatch_metric(environment, ilert):
+    response = invoke("MqttFunction", EVENTS / "mqtt_seed.json", environment, PARAMETERS)
+
+    metric_records = [record for record in response.log_records() if "_aws" in record]
+    assert len(metric_records) == 1
+    [directive] = metric_records[0]["_aws"]["CloudWatchMetrics"]
+    assert [metric["Name"] for metric in directive["Metrics"]] == ["applied"]
+    assert metric_records[0]["applied"] == [1.0]
+
+
 def test_mqtt_seed_event_twice_is_unchanged(environment, ilert):
     invoke("MqttFunction", EVENTS / "mqtt_seed.json", environment, PARAMETERS)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, Any
 
 from policy_sync import outcomes
@@ -130,3 +131,15 @@ def log_outcome(log: Any, outcome: Outcome, coordinates: dict[str, Any]) -> None
     email_address = outcome.extra.get("email")
     if email_address is not None:
         log.debug("assignment email", extra={"email": email_address, **coordinates})
+
+
+def count_outcome(metrics: Any, outcome_kind: str, count: int = 1) -> None:
+    """Add `count` to the CloudWatch metric named after the outcome, unless metrics are disabled.
+
+    With POWERTOOLS_METRICS_DISABLED set, Powertools 3.37 never clears its
+    metric set at flush, and once a metric holds 100 values it prints them
+    anyway. local_runner disables metrics, so the values are not added at all.
+    """
+    if os.environ.get("POWERTOOLS_METRICS_DISABLED", "").strip().lower() in ("1", "true", "yes", "on"):
+        return
+    metrics.add_metric(name=outcome_kind, unit="Count", value=count)
