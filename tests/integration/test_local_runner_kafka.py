@@ -291,3 +291,42 @@ def test_sigterm_mid_batch_commits_finished_records(tmp_path):
         applied = applied_count(emulator)
         assert 3 <= applied < len(payloads)
         assert committed_offset(group_id, topic) == applied
+
+
+def test_resumed_partition_is_fetched_again_while_others_flow(tmp_path):
+    # Many records on two partitions, so that fetched records wait in kafka-python's
+    # buffer while a partition is paused. kafka-python 3.0.12 then parked them and
+    # never fetched the resumed partition again unless the runner drops them.
+    records_per_partition = 300
+    seed = make_seed(policies=20, users=4, levels=1, api_key=API_KEY)
+    emails = {user["id"]: user["email"] for user in seed["users"]}
+    topic, group_id = unique("shifts"), unique("runner")
+    create_topic(topic, partitions=2)
+    args = ["-v", "--kafka_brokers", kafka_bootstrap(), "--kafka_group_id", group_id,
+            "--policy_topic", topic, "--policy_routing_keys", "location"]  # fmt: skip
+
+    def stream(first_policy: int) -> list[dict]:
+        # Ten policies per partition, each assignment naming the next user in turn; the last round names user 4.
+        rounds = records_per_partition // 10
+        return [
+            {"location": f"key-{first_policy + index:03d}", "data": {"email": emails[(round_number - rounds) % 4 + 1]}}
+            for round_number in range(rounds)
+            for index in range(10)
+        ]
+
+    with EmulatorProcess(seed) as emulator:
+        # Partition 0 fails now and then, so it is sought back and paused many times.
+        emulator.add_fault(status=503, method="PUT", ratio=0.5, seed=3, path_prefix="/api/escalation-policies/100")
+        with RunnerProcess([*args, "--ilert_url", emulator.url], tmp_path / "runner.db3", API_KEY) as runner:
+            runner.wait_ready()
+            produce(topic, stream(0), partition=0)
+            produce(topic, stream(10), partition=1)
+            wait_until(
+                lambda: committed_offset(group_id, topic, 0) == records_per_partition
+                and committed_offset(group_id, topic, 1) == records_per_partition,
+                APPLY_TIMEOUT_S * 3,
+                f"a partition stopped short of its end; output:\n{runner.output()[-3000:]}",
+            )
+
+        for index in range(20):
+            assert level_user_ids(emulator, f"key-{index:03d}", 0) == [4]
