@@ -29,11 +29,9 @@ def process_payload(
 ) -> Outcome:
     """Turn one raw message into its outcome; a *rejected* one is stored as a dead letter first.
 
-    `sequence` breaks receive-time ties in the ordering store: the Kafka
-    offset or the buffer row id.
-
-    If the dead letter cannot be stored the outcome becomes *retry*, so that
-    nothing is acknowledged that is not kept somewhere.
+    If the dead letter cannot be stored, the outcome becomes *retry*, so that
+    nothing is acknowledged that is not kept somewhere. `sequence` (the Kafka
+    offset or the buffer row id) breaks receive-time ties in the ordering store.
     """
     outcome = decide_outcome(payload, received_at_ms, runtime, sequence)
     if outcome.kind is OutcomeKind.REJECTED:
@@ -137,8 +135,8 @@ def count_outcome(metrics: Any, outcome_kind: str, count: int = 1) -> None:
     """Add `count` to the CloudWatch metric named after the outcome, unless metrics are disabled.
 
     With POWERTOOLS_METRICS_DISABLED set, Powertools 3.37 never clears its
-    metric set at flush, and once a metric holds 100 values it prints them
-    anyway. local_runner disables metrics, so the values are not added at all.
+    metric set at flush, and once a metric contains 100 values it prints
+    them anyway. local_runner disables metrics, so the values are not added at all.
     """
     if os.environ.get("POWERTOOLS_METRICS_DISABLED", "").strip().lower() in ("1", "true", "yes", "on"):
         return
