@@ -46,9 +46,8 @@ class BufferDrain:
     """Takes due items from the buffer and calls the MQTT handler with each.
 
     With `concurrency` above 1, up to that many items run at once on a thread
-    pool, never two for the same routing key and level: an item in flight
-    stays in the buffer until done and so holds back later items for its
-    level. Any acknowledged outcome deletes the item. *retry* schedules the next
+    pool, never two for the same routing key and level. An item in flight
+    stays in the buffer until done, so later items for its level wait. Any acknowledged outcome deletes the item. *retry* schedules the next
     attempt with backoff. Once the attempts reach `max_retries` (0 means no
     limit), the item moves to the dead letters with reason `retries_exhausted`.
     """

@@ -5,8 +5,8 @@ has set the POWERTOOLS_* variables they read at import time. With
 --concurrency above 1 the buffer drain calls the MQTT handler from several
 threads at once. Powertools Logger keeps the invocation's context keys
 (request id, cold start) on a shared logger, so those keys may name another
-concurrent call; each outcome line still carries its own routing key, level
-and coordinates, which the handler passes with the line itself.
+concurrent call. Each outcome line still carries its own routing key, level
+and coordinates, because the handler passes them with the line itself.
 """
 
 from __future__ import annotations

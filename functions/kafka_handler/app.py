@@ -9,8 +9,8 @@ are reported as failed. The failure identifier is the one Powertools' Kafka
 batch support builds: `{"partition": "<topic>-<partition>", "offset": N}`.
 
 With CONCURRENCY above 1, the batch is first split into per-level lanes
-(see `policy_sync.lanes`) that run in parallel; a later record of a partition
-may then already be done when an earlier one must be retried. It is still
+(see `policy_sync.lanes`) that run in parallel. A later record of a
+partition may then already be done when an earlier one must be retried. It is still
 reported as failed, so the committed offset never passes the retried record,
 and its redelivery ends as *unchanged* or *superseded*.
 """

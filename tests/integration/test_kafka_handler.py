@@ -66,7 +66,10 @@ def installed_runtime(emulator, tmp_path, monkeypatch):
 
 
 def record(partition, offset, value, timestamp=None):
-    encoded = None if value is None else base64.b64encode(value if isinstance(value, bytes) else json.dumps(value).encode()).decode()
+    encoded = None
+    if value is not None:
+        raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+        encoded = base64.b64encode(raw).decode()
     return {
         "topic": TOPIC,
         "partition": partition,

@@ -1,7 +1,7 @@
 """local_runner with --concurrency: routing keys in parallel, each level strictly in order.
 
 Several assignments per level are published in order while every API call
-is slowed down and a share of them fails; at the end each level must hold
+is slowed down and a share of them fails. At the end each level must have
 the newest assignment, and the PUTs of each level must never go back to an
 older one.
 """

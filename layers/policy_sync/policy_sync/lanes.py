@@ -1,7 +1,7 @@
 """Per-level lanes: process different routing keys of one batch in parallel, each level in order.
 
 Records that map to the same routing key and level form one lane, processed
-strictly in the order given (offset order for Kafka); a lane stops at its
+strictly in the order given (offset order for Kafka). A lane stops at its
 first *retry*, so a later assignment never overtakes an earlier one that
 must be retried. Records that map to no assignment touch no level and each
 form a lane of their own. Lanes run on a bounded thread pool.

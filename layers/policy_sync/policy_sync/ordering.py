@@ -5,9 +5,10 @@ was applied (or found already in place), and a short-lived claim held by the
 invocation that is working on that level right now.
 
 A position is the pair (receive time in ms, sequence). The sequence breaks
-ties between assignments received in the same millisecond: the Kafka offset
-(records of one level share a partition when keyed by routing key) or the
-SQLite buffer row id; 0 where the source has none, as for the IoT rule.
+ties between assignments received in the same millisecond. It is the Kafka
+offset (records of one level share a partition when keyed by routing key)
+or the SQLite buffer row id, and 0 where the source has none, as for the
+IoT rule.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ CLAIM_TTL_S = 120
 
 
 class ClaimResult(str, enum.Enum):
-    """What a claim attempt found."""
+    """The result of a claim attempt."""
 
     GRANTED = "granted"
     SUPERSEDED = "superseded"
@@ -33,7 +34,7 @@ class OrderingStore(Protocol):
     """Storage for per-level claims and last-applied receive times."""
 
     def claim(self, routing_key: str, level: int, received_at_ms: int, owner: str, sequence: int = 0) -> ClaimResult:
-        """Claim the level for `owner` unless a later position was applied or another owner holds it.
+        """Claim the level for `owner` unless a later position was applied or another owner has a live claim.
 
         The same position as the last applied one is granted, so that a
         redelivered duplicate ends as *unchanged*.
