@@ -19,11 +19,11 @@ if [[ -x "$sam_venv/bin/sam" ]] && "$sam_venv/bin/sam" --version >/dev/null 2>&1
     echo "SAM CLI already installed in $sam_venv"
 else
     echo "Installing aws-sam-cli==$SAM_CLI_VERSION into $sam_venv"
-    # A venv made from .venv's interpreter sees only its own site-packages, not .venv's.
+    # A venv made from .venv's interpreter imports only from its own site-packages, not .venv's.
     "$python" -m venv --clear "$sam_venv"
     "$sam_venv/bin/python" -m pip install --quiet --upgrade pip
     "$sam_venv/bin/python" -m pip install --quiet "aws-sam-cli==$SAM_CLI_VERSION"
 fi
 
-# SAM CLI collects telemetry unless told not to; tests and CI never send it.
+# SAM CLI collects telemetry unless SAM_CLI_TELEMETRY=0, so tests and CI never send it.
 SAM_CLI_TELEMETRY=0 "$sam_venv/bin/sam" --version

@@ -89,7 +89,7 @@ def wait_for_url(process: subprocess.Popen) -> str:
 
 
 def wait_until_answering(url: str) -> None:
-    """Send one request to moto's own API; it answers as soon as the server listens."""
+    """Send one request to moto's own API, which responds as soon as the server listens."""
     with urllib.request.urlopen(f"{url}/moto-api/data.json", timeout=START_TIMEOUT_S) as response:
         response.read()
 

@@ -57,7 +57,7 @@ class DeadLetter:
 
 
 class DeadLetterSink(Protocol):
-    """Where dead letters go: the SQS dead-letter queue or the SQLite dead-letter table."""
+    """Storage for dead letters: the SQS dead-letter queue or the SQLite dead-letter table."""
 
     def put(self, dead_letter: DeadLetter) -> None:
         """Store the dead letter durably, or raise if it could not be stored."""

@@ -30,7 +30,7 @@ USER_AGENT = f"policy-sync/{__version__}"
 RETRY_AFTER_MAX_S = 3600.0
 API_MESSAGE_MAX_CHARS = 300
 
-# Attempts of one call within a single sync, for answers that are usually
+# Attempts of one call within a single sync, for failures that are usually
 # brief: 5xx, 408, 429 and a refused or reset connection. Timeouts are not
 # repeated, because three read timeouts in a row would outlast a Lambda
 # invocation. The waits double from CALL_RETRY_FIRST_WAIT_S; a Retry-After
@@ -92,7 +92,7 @@ def parse_retry_after(value: str | None, now_s: float | None = None) -> float | 
 
 
 class IlertCallFailed(Exception):
-    """An API call that did not succeed; `outcome` tells the caller whether to retry or reject."""
+    """An API call that did not succeed; `outcome` is the *retry* or *rejected* outcome it leads to."""
 
     def __init__(self, outcome: Outcome, status: int | None = None):
         super().__init__(f"{outcome.kind.value} ({outcome.reason}): {outcome.detail}")

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 
 
 class OutcomeKind(str, enum.Enum):
-    """How processing one message ended; every message ends in exactly one."""
+    """The result of processing one message; every message ends in exactly one."""
 
     APPLIED = "applied"
     UNCHANGED = "unchanged"

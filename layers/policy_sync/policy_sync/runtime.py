@@ -1,8 +1,9 @@
 """The dependencies a handler runs with, installed once per process or container.
 
-Lambda builds them from its environment on the first call (see `policy_sync.aws`);
-local_runner installs its own (SQLite ordering store and dead-letter table)
-before it calls any handler. The handler code is the same in both.
+Lambda builds them from its environment on the first call (see
+`policy_sync.aws`). local_runner installs its own (SQLite ordering store and
+dead-letter table) before it calls any handler. The handler code is the same
+in both.
 """
 
 from __future__ import annotations
